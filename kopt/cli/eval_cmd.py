@@ -1,0 +1,7 @@
+"""`kopt eval` (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

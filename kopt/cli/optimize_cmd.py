@@ -1,0 +1,7 @@
+"""`kopt optimize` (being written)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
