@@ -24,8 +24,8 @@ install-vllm: install
 	  $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton )
 
 demo: install
-	$(BIN)/kopt optimize examples/relu/task.py --sampler replay --samples examples/relu/samples_cpu.jsonl \
-	  --target cpu --out out/demo-relu --force
+	$(BIN)/kopt optimize examples/gelu/task.py --sampler replay --samples examples/gelu/samples_cpu.jsonl --k 11 \
+	  --target cpu --out out/demo-gelu --force
 
 test: install-vllm
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,33 @@
+# Hand-written example candidate for kopt's examples (not model output): does not compile: undeclared variable.
+import torch
+import torch.nn as nn
+from torch.utils.cpp_extension import load_inline
+
+_source = r"""
+#include <torch/extension.h>
+#include <cmath>
+torch::Tensor forward_kernel(torch::Tensor x) {
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "expects float32");
+    auto y = torch::empty_like(x);
+    const float* in = x.data_ptr<float>();
+    float* out = y.data_ptr<float>();
+    const int64_t n = x.numel();
+    
+    #pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = in[i];
+        out[i] = (float)(0.5f * v * (1.0f + std::tanh(0.7978845608f * (v + 0.044715f * v * v * w))));
+    }
+    return y;
+}
+"""
+
+_ext = load_inline(name="gelu_compile_error", cpp_sources=_source, functions=["forward_kernel"])
+
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ext.forward_kernel(x.contiguous())

@@ -1,0 +1,210 @@
+"""Write the winner: `kernels/<task>/` with model_new.py, the kernel source, report.json, README.md.
+
+Writes are atomic (a temp dir renamed into place) and never overwrite an existing output silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kopt import __version__
+from kopt.errors import KoptError
+from kopt.records import Selection, Status
+
+
+def check_writable(out_dir: Path, force: bool) -> None:
+    """Refuse up front (before any sampling) when the output exists and --force was not given."""
+    if out_dir.exists() and not force:
+        raise KoptError(f"{out_dir} already exists", "pass --force to replace it, or choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KoptError(f"{out_dir} exists and is not a directory", "choose another --out")
+
+
+def kernel_source(code: str) -> tuple[str, str]:
+    """The kernel's C++/CUDA source alone, and its file name (kernel.cu or kernel.cpp)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return "", "kernel.cpp"
+    chunks: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+            if "#include" in text or "__global__" in text or "torch::Tensor" in text:
+                chunks.append(text.strip("\n"))
+    source = "\n\n".join(dict.fromkeys(chunks))
+    name = "kernel.cu" if "__global__" in source else "kernel.cpp"
+    return source + ("\n" if source else ""), name
+
+
+def _candidate_rows(pool) -> list[dict[str, Any]]:
+    rows = []
+    for c in pool.candidates:
+        r = pool.result_for(c.index)
+        rows.append({
+            "index": c.index,
+            "status": r.status.value,
+            "reason": r.reason,
+            "surprisal": c.sample.surprisal(pool.options.surprisal),
+            "logprob": c.sample.logprob,
+            "num_tokens": c.sample.num_tokens,
+            "runtime_ms": r.runtime_ms,
+            "runtime_iqr_ms": r.runtime_iqr_ms,
+            "speedup": r.speedup,
+            "duplicate_of": c.duplicate_of,
+            "code_sha256": c.code_sha256,
+            "step": c.step,
+            "warnings": list(r.warnings),
+        })
+    return rows
+
+
+def build_report(pool, options, sel: Selection, ttt_report: dict | None = None) -> dict[str, Any]:
+    """report.json's content (see docs/design.md); also what `--json` prints."""
+    run = options.run
+    task = pool.task
+    fp = pool.fingerprint()
+    winner = None
+    if sel.winner is not None:
+        c = pool.candidates[sel.winner]
+        r = pool.result_for(sel.winner)
+        winner = {
+            "index": sel.winner,
+            "speedup": r.speedup,
+            "runtime_ms": r.runtime_ms,
+            "runtime_iqr_ms": r.runtime_iqr_ms,
+            "reference_runtime_ms": r.reference_runtime_ms,
+            "surprisal": c.sample.surprisal(run.surprisal),
+            "code_sha256": c.code_sha256,
+            "binary_sha256": r.binary_sha256,
+            "step": c.step,
+            "path": None,
+        }
+    report = {
+        "kopt_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": {
+            "name": task.name,
+            "target": task.target,
+            "path": task.path,
+            "class_name": task.class_name,
+            "hash": task.hash,
+            "sets": {k: v for k, v in task.sets},
+            "inputs": list(getattr(options, "inputs", None) or []),
+            "init_args": getattr(options, "init_args", None),
+        },
+        "target": pool.target,
+        "device": fp.get("device"),
+        "toolchain": fp.get("toolchain"),
+        "isolation": fp.get("isolation"),
+        "sampler": pool.sampler_name,
+        "model": pool.model_id or (pool.samples[0].model if pool.samples else ""),
+        "params": {
+            "k": run.k, "temperature": run.temperature, "max_tokens": run.max_tokens, "seed": run.seed,
+            "top_m": options.top_m, "surprisal": run.surprisal, "adaptive": options.adaptive,
+            "samples": str(run.samples) if run.samples else None,
+        },
+        "strategy": sel.strategy,
+        "timed": list(sel.timed),
+        "logprob_std": sel.logprob_std,
+        "notes": list(sel.notes),
+        "eval_settings": pool.eval_settings().key(),
+        "run_dir": str(pool.run_dir),
+        "candidates": _candidate_rows(pool),
+        "winner": winner,
+    }
+    if ttt_report is not None:
+        report["ttt"] = ttt_report
+    return report
+
+
+def _readme(report: dict[str, Any], kernel_name: str) -> str:
+    w = report["winner"]
+    task = report["task"]
+    speed = f"{w['speedup']:.2f}x" if w.get("speedup") is not None else "n/a"
+    verdict = "faster than" if (w.get("speedup") or 0) > 1 else "NOT faster than"
+    counts: dict[str, int] = {}
+    for c in report["candidates"]:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"""# {task['name']}: kernel found by kopt
+
+- reference: `{task['target']}` (class `{task['class_name']}`, task hash `{task['hash'][:12]}`)
+- target: {report['target']} on {report['device']} (isolation: {report['isolation']})
+- winner: sample {w['index']} by `{report['strategy']}`: {w['runtime_ms']:.4g} ms vs the reference's \
+{w['reference_runtime_ms']:.4g} ms = **{speed}**, {verdict} the PyTorch reference
+- pool: {report['params']['k']} samples from `{report['model'] or report['sampler']}` ({statuses})
+
+Files: `model_new.py` (the module, compiles its kernel on import), `{kernel_name}` (the kernel source alone),
+`report.json` (every candidate's verdict, surprisal and timing), `samples.jsonl` (the pool).
+
+Use it in your model:
+
+```python
+import kopt
+model = kopt.swap(model, "{report.get('out_dir', 'kernels/' + task['name'])}")  # replaces every {task['class_name']}, keeping its weights
+```
+
+Check it still matches its reference: `kopt check {report.get('out_dir', 'kernels/' + task['name'])}`.
+"""
+
+
+def _replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
+    if out_dir.exists():
+        if not force:
+            raise KoptError(f"{out_dir} already exists", "pass --force to replace it, or choose another --out")
+        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
+def write_kernel_dir(out_dir: Path, pool, report: dict[str, Any], force: bool = False) -> Path:
+    """Write the winner's directory atomically; returns its path."""
+    w = report["winner"]
+    c = pool.candidates[w["index"]]
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    report = dict(report)
+    report["out_dir"] = str(out_dir)
+    report["winner"] = {**w, "path": str(out_dir / "model_new.py")}
+    kernel, kernel_name = kernel_source(c.code)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        header = (f"# Written by kopt {__version__} for {report['task']['target']} "
+                  f"(sample {w['index']}, {report['strategy']}); see report.json.\n")
+        (tmp / "model_new.py").write_text(header + c.code.rstrip() + "\n", encoding="utf-8")
+        (tmp / kernel_name).write_text(kernel, encoding="utf-8")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(report, kernel_name), encoding="utf-8")
+        with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
+            for s in pool.samples:
+                f.write(json.dumps(s.to_json()) + "\n")
+        _replace_dir(tmp, out_dir, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def write_failure(pool, report: dict[str, Any]) -> Path:
+    """When nothing is correct, keep the verdicts beside the samples in the run dir (nothing is lost)."""
+    path = pool.run_dir / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".report.json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def status_of(report_row: dict[str, Any]) -> Status:
+    return Status(report_row["status"])
