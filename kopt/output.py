@@ -176,6 +176,11 @@ def write_kernel_dir(out_dir: Path, pool, report: dict[str, Any], force: bool = 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     report = dict(report)
     report["out_dir"] = str(out_dir)
+    # The reference as seen from the kernel dir, so `kopt check` finds it in any clone of the repo.
+    rel = os.path.relpath(report["task"]["path"], out_dir.resolve())
+    target = report["task"]["target"]
+    cls = target.rpartition(":")[2] if target.rpartition(":")[0].endswith(".py") else None
+    report["task"] = {**report["task"], "target_from_kernel_dir": rel + (f":{cls}" if cls else "")}
     report["winner"] = {**w, "path": str(out_dir / "model_new.py")}
     kernel, kernel_name = kernel_source(c.code)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
