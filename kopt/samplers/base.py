@@ -1,0 +1,124 @@
+"""The sampler interface: K completions of one prompt, each with its token log-probabilities.
+
+Every backend draws sample i with its own seed, derive_seed(seed, i), so one index can be re-drawn alone (the
+cache stores samples per index; an interrupted run re-draws only the missing ones) and the pools for two
+seeds share nothing. Log-probs are the model's own at T=1 ("raw"): surprisal under the model, what the paper
+ranks by (Barnes 2026, §3), not the tempered sampling distribution (vllm-cpu.md §2, "Which distribution").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from kopt.records import Sample
+
+# The log-probs every model-backed sampler records: log_softmax of the raw logits (vLLM's "raw_logprobs").
+RAW = "raw"
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    model: str | None = None  # HF dir/name (hf, vllm) or served model name (openai)
+    temperature: float = 0.25  # Barnes 2026 samples at T=0.25
+    max_tokens: int = 2048
+    seed: int = 0
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (as for the OpenAI SDK)
+    api_key_env: str | None = None  # openai: the NAME of the env var that holds the key, never the key
+    api: str = "auto"  # openai: "chat" | "completions" | "auto" (see kopt/samplers/openai.py)
+    concurrency: int = 8  # openai: requests in flight
+    samples_path: str | None = None  # replay
+    enable_lora: bool = False  # vllm: build the engine with LoRA support (TTT)
+    max_lora_rank: int = 16  # vllm: one of 1, 8, 16, 32, 64, ... (ttt.md §3)
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The seed for sample `index` of a pool drawn with `seed`: a hash of both, in [0, 2**31).
+
+    A hash, not seed + index, so that seeds 42 and 43 give disjoint pools (42+1 == 43+0 would collide).
+    """
+    h = hashlib.sha256(f"kopt-sample:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % (2**31)
+
+
+class Sampler(ABC):
+    """One backend. Subclasses set `name` and implement `sample`; heavy imports stay inside methods."""
+
+    name: ClassVar[str]
+    cacheable: ClassVar[bool] = True
+
+    def __init__(self, params: SamplerParams):
+        self.params = params
+
+    def model_id(self) -> str:
+        """What goes into samples.jsonl "model" and the cache key."""
+        return self.params.model or ""
+
+    def cache_params(self) -> dict[str, Any]:
+        """Everything that changes the samples (the prompt hash, seed and index are added by the caller)."""
+        return {
+            "sampler": self.name,
+            "model": self.model_id(),
+            "temperature": self.params.temperature,
+            "max_tokens": self.params.max_tokens,
+            "logprobs_mode": RAW,
+        }
+
+    @abstractmethod
+    def sample(self, prompt, indices: Sequence[int], adapter: str | None = None) -> Iterator[tuple[int, Sample]]:
+        """Yield (index, Sample) for each requested index as it finishes (any order).
+
+        `prompt` is a kopt.prompt.Prompt; `adapter` a peft LoRA adapter directory (TTT) or None.
+        """
+
+    def close(self) -> None:
+        """Free the model / connections. Safe to call twice."""
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_sample(text: str, token_ids, token_logprobs, *, prompt_token_ids=None, finish_reason=None,
+                model: str = "", logprobs_mode: str | None = RAW) -> Sample:
+    """A Sample whose logprob is the sum of its token log-probs (None when the backend gave none)."""
+    tl = None if token_logprobs is None else tuple(float(x) for x in token_logprobs)
+    ti = None if token_ids is None else tuple(int(x) for x in token_ids)
+    return Sample(
+        text=text,
+        logprob=None if tl is None else float(sum(tl)),
+        num_tokens=len(tl) if tl is not None else (len(ti) if ti is not None else None),
+        token_logprobs=tl,
+        token_ids=ti,
+        prompt_token_ids=None if prompt_token_ids is None else tuple(int(x) for x in prompt_token_ids),
+        model=model,
+        finish_reason=finish_reason,
+        logprobs_mode=logprobs_mode if tl is not None else None,
+    )
+
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """Prompt token ids for an HF tokenizer: its chat template when it has one, else the plain text.
+
+    Shared by hf and vllm so both backends feed the model the same ids. The chat template is rendered to
+    text and tokenised without special tokens (templates put BOS in themselves); plain text gets the
+    tokenizer's own special tokens (BOS for Llama-style models), as a base model saw in training.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(prompt.as_messages(), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt.as_text(), add_special_tokens=True)["input_ids"])
+
+
+def local_model_id(model: str | None) -> str:
+    """An absolute path for a local model dir (so two dirs with one name don't share a cache key), else as is."""
+    import os
+
+    if model and os.path.isdir(model):
+        return os.path.abspath(model)
+    return model or ""
