@@ -400,7 +400,8 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Assign(self, node: ast.Assign) -> None:
         self._check_store_targets(node.targets)
-        if isinstance(node.value, ast.Call) and self._is_load_inline(node.value):
+        # The extension module and its aliases (`self.mod = _ext`): calls on them are the kernel.
+        if (isinstance(node.value, ast.Call) and self._is_load_inline(node.value)) or self._is_ext(node.value):
             for t in node.targets:
                 if isinstance(t, ast.Name):
                     self.ext_names.add(t.id)
