@@ -38,7 +38,7 @@ def plot_scaling(result: Any, path: Path) -> Path:
             x = s.equivalent_k.k
             marker = {"<": "<", ">": ">"}.get(s.equivalent_k.relation, "D")
             ax.scatter([x], [s.fast_1.mean], marker=marker, s=70, zorder=3, color=COLORS.get(s.strategy, "#17becf"),
-                       label=f"{s.strategy} (K≈{s.equivalent_k})")
+                       label=f"{s.strategy} (K{'≈' if s.equivalent_k.relation == '=' else ' '}{s.equivalent_k})")
         ax.set_xlabel("k (samples)")
         ax.set_ylabel("fast_1")
         ax.set_ylim(-0.02, 1.05)
