@@ -58,6 +58,7 @@ def _candidate_rows(pool) -> list[dict[str, Any]]:
             "runtime_ms": r.runtime_ms,
             "runtime_iqr_ms": r.runtime_iqr_ms,
             "speedup": r.speedup,
+            "compile_s": r.compile_s,
             "duplicate_of": c.duplicate_of,
             "code_sha256": c.code_sha256,
             "step": c.step,
