@@ -2,7 +2,7 @@
 
 `build_pool` draws K samples (cached per sample), extracts and deduplicates their code, and checks every
 unique candidate (cached per verdict). `optimize` then selects among the correct ones, timing only what
-the strategy asks for (Barnes 2026, §3: time the m most surprising; m = 3 matched the oracle at K = 64),
+the strategy asks for (Barnes 2026, arXiv 2602.07670: timing the 3 most surprising matched the oracle at K = 64),
 and writes the winner. `kopt compare` and `kopt hook` reuse `build_pool`, so every command shares one cache.
 """
 
@@ -42,7 +42,7 @@ class RunOptions:
     api: str = "auto"
     samples: Path | None = None
     k: int = 16
-    temperature: float = 0.25  # the paper's sampling temperature (Barnes 2026, §4.1)
+    temperature: float = 0.25  # the paper's sampling temperature (Barnes 2026; T=0.25 in its released code)
     max_tokens: int = 2048
     seed: int = 0
     target: str = "auto"
@@ -394,7 +394,7 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
     output.check_writable(out_dir, options.force)  # refuse before spending anything
     if options.ttt_steps > 2:
         warn(f"--ttt-steps {options.ttt_steps}: the paper finds 1-2 steps best; more over-sharpens the model "
-             "(Barnes 2026, §5)")
+             "(Barnes 2026, best-of-adaptation results)")
     cache = cache or Cache(enabled=not options.run.no_cache)
     holder: dict[str, Any] = {}
     pool = build_pool(task, options.run, progress, cache, sampler_holder=holder)

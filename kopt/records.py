@@ -44,7 +44,7 @@ class Sample:
     """One completion from a sampler, as stored in samples.jsonl (one JSON object per line).
 
     `logprob` is the sum of the completion tokens' log-probabilities under the model at T=1 (vLLM's
-    `raw_logprobs`), so surprisal = -logprob (Barnes 2026, §3: "surprisal-guided selection").
+    `raw_logprobs`), so surprisal = -logprob (Barnes 2026, arXiv 2602.07670, "surprisal-guided selection").
     """
 
     text: str
