@@ -1,0 +1,575 @@
+"""`kopt check`: does each committed kernel (`kernels/<task>/`) still match its reference?
+
+For every kernel directory, cheapest check first (issue 6):
+
+1. staleness: the reference's current task hash (an AST hash, kopt/task.py: no torch, milliseconds) against
+   the one report.json recorded. A different hash means the module changed: "stale".
+2. integrity: model_new.py against the winner's recorded code_sha256, and kernel.cpp|kernel.cu against the
+   source embedded in model_new.py. A kernel someone edited is re-checked for correctness.
+3. correctness on this machine, through the evaluator, for stale and edited kernels (all kernels with
+   --all). Verdicts are cached by (kernel code sha256, task hash, target, machine fingerprint, settings).
+4. timing, only when this machine's device is the recorded one (re-timing elsewhere says nothing about the
+   recorded speedup), and only for kernels that step 3 checked: a slowdown beyond --tolerance fails.
+
+What passes: a kernel whose task hash is unchanged and whose files are the recorded winner needs no process
+at all (its report.json verdict stands), so a no-op check costs a few file reads. A stale kernel never
+passes, even when it is still correct against the new reference: its recorded speedup was measured against
+the old module, so the fix is always to re-record it with `kopt optimize ... --force`. The cached verdict
+makes a repeated blocking check as cheap as a passing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import os
+import shlex
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from kopt.errors import KoptError
+from kopt.records import Progress, no_progress
+
+REPORT = "report.json"
+MODEL_NEW = "model_new.py"
+KERNEL_FILES = (MODEL_NEW, "kernel.cpp", "kernel.cu", REPORT)
+HEADER_PREFIX = "# Written by kopt"  # kopt/output.py prepends this line to model_new.py
+# Default --tolerance: a re-timed speedup may fall 10% below the recorded one before it fails. Timing noise
+# on a quiet machine is a few percent (hacking-and-sandbox.md §3 reports median and IQR); 10% leaves room.
+DEFAULT_TOLERANCE = 0.10
+
+
+class Verdict(str, enum.Enum):
+    """What `kopt check` concluded for one kernel. The values are what `--json` prints."""
+
+    PASS = "pass"
+    STALE = "stale"  # the reference changed since the kernel was recorded
+    INCORRECT = "incorrect"  # fails (or no longer compiles) against the current reference on this machine
+    SLOWER = "slower"  # re-timed on the recorded device, speedup fell beyond --tolerance
+    MISMATCH = "mismatch"  # kernel.cpp|cu differs from the source model_new.py runs
+    BROKEN = "broken"  # report.json unreadable, reference missing or unloadable
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ok(self) -> bool:
+        return self is Verdict.PASS
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    tolerance: float = DEFAULT_TOLERANCE
+    timing: bool = True
+    check_all: bool = False  # correctness for every kernel, not only stale or edited ones
+    use_cache: bool = True
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """One kernel directory's result. `skipped` names each check that did not run, and why."""
+
+    kernel_dir: str
+    task: str
+    reference: str  # the reference TARGET as seen from the current directory
+    verdict: Verdict
+    reason: str = ""
+    stale: bool = False
+    edited: bool = False
+    recorded_hash: str = ""
+    current_hash: str = ""
+    correctness: str = "recorded"  # recorded | cached | checked | skipped
+    status: str | None = None  # the evaluator's Status value when correctness ran (or came from the cache)
+    recorded_speedup: float | None = None
+    current_speedup: float | None = None
+    skipped: tuple[str, ...] = ()
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["verdict"] = self.verdict.value
+        d["skipped"] = list(self.skipped)
+        return d
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    results: tuple[KernelCheck, ...]
+    selected_by: str  # "all kernels" or "changed since <merge base>"
+    not_selected: tuple[str, ...] = ()  # kernel dirs found but left out by --base
+    elapsed_s: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> tuple[KernelCheck, ...]:
+        return tuple(r for r in self.results if not r.verdict.ok)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": not self.failed,
+            "selected_by": self.selected_by,
+            "checked": [r.to_json() for r in self.results],
+            "not_selected": list(self.not_selected),
+            "failed": [r.kernel_dir for r in self.failed],
+            "elapsed_s": round(self.elapsed_s, 3),
+            "notes": list(self.notes),
+        }
+
+
+# ---- finding kernel directories ---------------------------------------------------------------------
+
+def find_kernel_dirs(paths: Sequence[Path] | None, root: Path) -> list[Path]:
+    """Kernel dirs named by PATHS (a kernel dir, or a folder holding several); default kernels/*/ under root."""
+    if not paths:
+        base = root / "kernels"
+        return sorted(p.parent for p in base.glob(f"*/{REPORT}")) if base.is_dir() else []
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_file() and p.name == REPORT:
+            p = p.parent
+        if (p / REPORT).is_file():
+            found.append(p)
+        elif p.is_dir():
+            inner = sorted(r.parent for r in p.rglob(REPORT) if not any(s.startswith(".") for s in r.parts))
+            if not inner:
+                raise KoptError(f"{p} holds no kernel directory (no {REPORT} under it)",
+                                "name a kernels/<task>/ directory written by `kopt optimize`")
+            found.extend(inner)
+        else:
+            raise KoptError(f"{p}: no such kernel directory", "name a kernels/<task>/ directory or a folder of them")
+    return list(dict.fromkeys(found))
+
+
+def read_report(kernel_dir: Path) -> dict[str, Any]:
+    try:
+        report = json.loads((kernel_dir / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise KoptError(f"{kernel_dir / REPORT} is unreadable: {e}", "restore it from git or re-run kopt optimize")
+    if not isinstance(report, dict) or not isinstance(report.get("task"), dict) or not report.get("winner"):
+        raise KoptError(f"{kernel_dir / REPORT} has no task or winner", "restore it from git or re-run kopt optimize")
+    return report
+
+
+def reference_target(kernel_dir: Path, report: dict[str, Any]) -> str:
+    """The reference TARGET as a path usable from here: report.json keeps it relative to the kernel dir, so a
+    clone anywhere works; older reports only have the absolute path."""
+    task = report["task"]
+    rel = task.get("target_from_kernel_dir")
+    if rel:
+        path_s, sep, cls = rel.rpartition(":")
+        if not (sep and path_s.endswith(".py") and cls.isidentifier()):
+            path_s, cls = rel, ""
+        path = os.path.normpath(os.path.join(str(kernel_dir), path_s))
+        return f"{path}:{cls}" if cls else path
+    return str(task["target"])
+
+
+def reference_path(kernel_dir: Path, report: dict[str, Any]) -> Path:
+    target = reference_target(kernel_dir, report)
+    path_s, sep, cls = target.rpartition(":")
+    return Path(path_s if sep and path_s.endswith(".py") and cls.isidentifier() else target)
+
+
+def load_reference(kernel_dir: Path, report: dict[str, Any]):
+    """The current reference as a Task, built with the inputs and --set values report.json recorded."""
+    from kopt.task import load_task
+
+    task = report["task"]
+    sets = [f"{k}={v!r}" for k, v in (task.get("sets") or {}).items()]
+    init = task.get("init_args")
+    init_s = init if isinstance(init, str) or init is None else json.dumps(init)
+    return load_task(reference_target(kernel_dir, report), inputs=task.get("inputs") or None, init_args=init_s,
+                     sets=sets)
+
+
+# ---- integrity of the kernel files ----------------------------------------------------------------------
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def kernel_code(kernel_dir: Path) -> str:
+    """model_new.py without the one-line header kopt/output.py adds: the code the winner's hash is over."""
+    text = (kernel_dir / MODEL_NEW).read_text(encoding="utf-8")
+    first, _, rest = text.partition("\n")
+    return rest if first.startswith(HEADER_PREFIX) else text
+
+
+def code_matches_record(code: str, full_text: str, winner: dict[str, Any]) -> bool:
+    """Is this the recorded winner? output.py writes `code.rstrip() + "\\n"`, and extract_code ends code with
+    one newline, so compare the likely originals; a report with `model_new_sha256` is compared exactly."""
+    if winner.get("model_new_sha256"):
+        return _sha(full_text) == winner["model_new_sha256"]
+    recorded = winner.get("code_sha256")
+    if not recorded:
+        return False
+    return recorded in {_sha(code), _sha(code.rstrip("\n") + "\n"), _sha(code.rstrip("\n"))}
+
+
+def kernel_file_mismatch(kernel_dir: Path, code: str) -> str | None:
+    """kernel.cpp|cu is a copy for reading; model_new.py is what runs. Say so when the two disagree."""
+    from kopt.output import kernel_source
+
+    expected, name = kernel_source(code)
+    for candidate in ("kernel.cpp", "kernel.cu"):
+        path = kernel_dir / candidate
+        if path.is_file() and candidate == name:
+            if path.read_text(encoding="utf-8").strip() != expected.strip():
+                return f"{candidate} differs from the kernel source inside {MODEL_NEW} (which is what runs)"
+    return None
+
+
+# ---- the fix command ------------------------------------------------------------------------------------
+
+def fix_command(kernel_dir: Path, report: dict[str, Any], target: str) -> str:
+    """`kopt optimize` that re-records this kernel from its own recorded pool (no LLM needed)."""
+    task = report["task"]
+    params = report.get("params") or {}
+    parts = ["kopt", "optimize", target]
+    for spec in task.get("inputs") or []:
+        parts += ["--input", spec]
+    init = task.get("init_args")
+    if init is not None:
+        parts += ["--init-args", init if isinstance(init, str) else json.dumps(init)]
+    for k, v in (task.get("sets") or {}).items():
+        parts += ["--set", f"{k}={v!r}"]
+    if (kernel_dir / "samples.jsonl").is_file():
+        parts += ["--sampler", "replay", "--samples", str(kernel_dir / "samples.jsonl")]
+        if params.get("k"):
+            parts += ["--k", str(params["k"])]
+    if report.get("target"):
+        parts += ["--target", str(report["target"])]
+    parts += ["--out", str(kernel_dir), "--force"]
+    return shlex.join(parts)
+
+
+# ---- the evaluator side (imported only when something must run) ---------------------------------------
+
+class _Machine:
+    """Evaluator access shared by all kernels of one check: fingerprints per target, lazily."""
+
+    def __init__(self) -> None:
+        self._fp: dict[str, dict[str, str] | None] = {}
+
+    def fingerprint(self, target: str) -> dict[str, str] | None:
+        """None when this machine cannot run `target` kernels (no evaluator, no GPU)."""
+        if target not in self._fp:
+            try:
+                from kopt.evaluator import machine_fingerprint
+            except ImportError:
+                try:
+                    machine_fingerprint = _fingerprint_fallback
+                except ImportError:
+                    self._fp[target] = None
+                    return None
+            if target == "cuda" and not _has_cuda():
+                self._fp[target] = None
+            else:
+                try:
+                    self._fp[target] = machine_fingerprint(target)
+                except KoptError:
+                    self._fp[target] = None
+        return self._fp[target]
+
+
+def _fingerprint_fallback(target: str) -> dict[str, str]:
+    # Until kopt.evaluator exports machine_fingerprint: the same fields Evaluator.fingerprint() reports.
+    from kopt.evaluator.sandbox import detect_isolation
+    from kopt.evaluator.targets import get_target
+
+    t = get_target(target)
+    return {"target": target, "device": t.device_name(), "toolchain": json.dumps(t.toolchain(), sort_keys=True),
+            "isolation": detect_isolation()}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@contextlib.contextmanager
+def _evaluator(task, settings):
+    from kopt.evaluator import Evaluator
+
+    ev = Evaluator(task, settings)
+    try:
+        yield ev
+    finally:
+        ev.close()
+
+
+def _eval_settings(report: dict[str, Any], target: str):
+    """The settings the kernel was judged with (tolerances), on this machine's target."""
+    import dataclasses
+
+    from kopt.evaluator import EvalSettings
+
+    recorded = report.get("eval_settings") or {}
+    if isinstance(recorded, str):  # EvalSettings.key() is a JSON string
+        try:
+            recorded = json.loads(recorded)
+        except ValueError:
+            recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    names = {f.name for f in dataclasses.fields(EvalSettings)}
+    keep = {k: v for k, v in recorded.items() if k in names and k in ("atol", "rtol", "trials", "threads")}
+    return EvalSettings(target=target, **keep)
+
+
+# ---- checking one kernel ----------------------------------------------------------------------------------
+
+Display = Callable[[Path], str]
+
+
+def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Machine,
+                 display: Display = str, progress: Progress = no_progress) -> KernelCheck:
+    shown = display(kernel_dir)
+    try:
+        report = read_report(kernel_dir)
+    except KoptError as e:
+        return KernelCheck(kernel_dir=shown, task=kernel_dir.name, reference="?", verdict=Verdict.BROKEN,
+                           reason=e.message, fix=e.hint)
+    task_info = report["task"]
+    winner = report["winner"]
+    target_shown = display(reference_path(kernel_dir, report))
+    cls = reference_target(kernel_dir, report).rpartition(":")
+    if cls[1] and cls[0].endswith(".py"):
+        target_shown += f":{cls[2]}"
+    base = KernelCheck(kernel_dir=shown, task=str(task_info.get("name") or kernel_dir.name), reference=target_shown,
+                       verdict=Verdict.PASS, recorded_hash=str(task_info.get("hash") or ""),
+                       recorded_speedup=winner.get("speedup"),
+                       fix=fix_command(Path(shown), report, target_shown))
+    try:
+        task = load_reference(kernel_dir, report)
+    except KoptError as e:
+        return replace(base, verdict=Verdict.BROKEN, reason=f"reference: {e.message}",
+                       fix=f"restore {target_shown}, or delete {shown} if the module is gone")
+    try:
+        full_text = (kernel_dir / MODEL_NEW).read_text(encoding="utf-8")
+    except OSError as e:
+        return replace(base, current_hash=task.hash, verdict=Verdict.BROKEN, reason=f"{MODEL_NEW}: {e}")
+    code = kernel_code(kernel_dir)
+    stale = task.hash != base.recorded_hash
+    edited = not code_matches_record(code, full_text, winner)
+    base = replace(base, current_hash=task.hash, stale=stale, edited=edited)
+    mismatch = kernel_file_mismatch(kernel_dir, code)
+    if mismatch:
+        return replace(base, verdict=Verdict.MISMATCH, reason=mismatch, correctness="skipped",
+                       fix=f"put the change into {shown}/{MODEL_NEW}, or `git checkout -- {shown}`")
+    if not (stale or edited or settings.check_all):
+        return base  # the recorded verdict stands: nothing relevant changed
+
+    skipped: list[str] = []
+    target = str(report.get("target") or "cpu")
+    fp = machine.fingerprint(target)
+    if fp is None:
+        why = ("the evaluator is not available" if target != "cuda"
+               else "the kernel targets CUDA and this machine has no CUDA GPU")
+        skipped.append(f"correctness: {why}")
+        skipped.append(f"timing: {why}")
+        return _conclude(base, None, None, skipped, settings)
+
+    from kopt.records import EvalResult, Status
+
+    key = {"code": _sha(code), "task": task.hash, "target": target, "machine": fp,
+           "settings": _settings_key(report, target)}
+    verdict_json = cache.get("kcheck", key) if settings.use_cache else None
+    if verdict_json is not None:
+        checked, how = EvalResult.from_json(verdict_json), "cached"
+    else:
+        progress(f"check {task.name}", 0, 1)
+        with _evaluator(task, _eval_settings(report, target)) as ev:
+            [checked] = ev.check([code])
+            how = "checked"
+            cache.set("kcheck", key, checked.to_json())
+            timed = _maybe_time(ev, code, checked, report, fp, stale, settings, cache, key, skipped)
+        progress(f"check {task.name}", 1, 1)
+        return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped,
+                         settings)
+    timed = None
+    if checked.status is Status.CORRECT and _wants_timing(report, fp, stale, settings, skipped):
+        cached_t = cache.get("ktime", key) if settings.use_cache else None
+        if cached_t is not None:
+            timed = EvalResult.from_json(cached_t)
+        else:
+            with _evaluator(task, _eval_settings(report, target)) as ev:
+                [timed] = ev.time([code], [checked])
+            cache.set("ktime", key, timed.to_json())
+    return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped, settings)
+
+
+def _settings_key(report: dict[str, Any], target: str) -> Any:
+    s = _eval_settings(report, target)
+    return s.key() if hasattr(s, "key") else repr(s)
+
+
+def _wants_timing(report: dict[str, Any], fp: dict[str, str], stale: bool, settings: CheckSettings,
+                  skipped: list[str]) -> bool:
+    if not settings.timing:
+        skipped.append("timing: --no-timing")
+        return False
+    if stale:
+        skipped.append("timing: the kernel is stale; `kopt optimize --force` re-times it against the new reference")
+        return False
+    if fp.get("device") != report.get("device"):
+        skipped.append(f"timing: recorded on {report.get('device')!r}, this machine is {fp.get('device')!r}; "
+                       "a speedup measured elsewhere is not comparable")
+        return False
+    return True
+
+
+def _maybe_time(ev, code, checked, report, fp, stale, settings, cache, key, skipped):
+    from kopt.records import Status
+
+    if checked.status is not Status.CORRECT or not _wants_timing(report, fp, stale, settings, skipped):
+        return None
+    [timed] = ev.time([code], [checked])
+    cache.set("ktime", key, timed.to_json())
+    return timed
+
+
+def _conclude(base: KernelCheck, checked, timed, skipped: list[str], settings: CheckSettings) -> KernelCheck:
+    from kopt.records import Status
+
+    out = replace(base, skipped=tuple(skipped))
+    if checked is None:
+        out = replace(out, correctness="skipped")
+    failed = checked is not None and checked.status is not Status.CORRECT
+    if failed:
+        first = (checked.reason or "").strip().splitlines()
+        why = f"{checked.status.value}: {first[0] if first else 'no reason given'}"
+    if base.stale:
+        # Stale wins over incorrect: the cause is the reference change, and the fix is the same either way.
+        how = (f"and now fails against it ({why})" if failed else
+               "still correct against it, but its speedup was measured on the old module" if checked is not None
+               else "correctness not checked here")
+        return replace(out, verdict=Verdict.STALE, reason=f"the reference changed since the kernel was recorded, {how}")
+    if failed:
+        return replace(out, verdict=Verdict.INCORRECT, reason=f"fails against its reference on this machine ({why})")
+    if timed is not None and timed.speedup is not None and base.recorded_speedup:
+        out = replace(out, current_speedup=timed.speedup)
+        floor = base.recorded_speedup * (1.0 - settings.tolerance)
+        if timed.speedup < floor:
+            return replace(out, verdict=Verdict.SLOWER,
+                           reason=f"{timed.speedup:.2f}x now vs {base.recorded_speedup:.2f}x recorded "
+                                  f"(more than {settings.tolerance:.0%} slower)")
+    if base.edited:
+        return replace(out, reason=f"{MODEL_NEW} differs from the recorded winner but is correct here", fix=None)
+    return replace(out, fix=None)
+
+
+# ---- selection by git changes (--base) --------------------------------------------------------------------
+
+def repo_root(start: Path) -> Path | None:
+    """The work tree holding `start`, or None outside git (GitPython imported only here)."""
+    import git
+
+    try:
+        repo = git.Repo(start, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+    return Path(repo.working_tree_dir) if repo.working_tree_dir else None
+
+
+def changed_paths(root: Path, base: str) -> tuple[set[Path], str]:
+    """Files that differ between the merge base of BASE and HEAD, and the working tree (so committed and
+    uncommitted changes both count). Returns absolute paths and a description of the range."""
+    import git
+
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+        bases = repo.merge_base(base, "HEAD")
+    except git.GitCommandError as e:
+        raise KoptError(f"cannot find the merge base of {base!r} and HEAD: {e.stderr.strip() or e}",
+                        "name a branch or commit that exists here, e.g. --base origin/main (after git fetch)")
+    except git.BadName:
+        raise KoptError(f"unknown git revision {base!r}", "e.g. --base origin/main") from None
+    if not bases:
+        raise KoptError(f"{base!r} and HEAD share no history", "name a branch this one was made from")
+    mb = bases[0]
+    return changed_between(repo, mb.hexsha, None), f"changed since {mb.hexsha[:10]} (merge base of {base} and HEAD)"
+
+
+def changed_between(repo, old: str, new: str | None) -> set[Path]:
+    """Files that differ between commit `old` and `new` (a commit, "INDEX" for the index, None for the tree)."""
+    top = Path(repo.working_tree_dir)
+    if new == "INDEX":
+        out = repo.git.diff("--cached", "--name-only", "--no-renames", old)
+    elif new is None:
+        out = repo.git.diff("--name-only", "--no-renames", old)
+    else:
+        out = repo.git.diff("--name-only", "--no-renames", old, new)
+    return {(top / line).resolve() for line in out.splitlines() if line.strip()}
+
+
+def select_changed(dirs: Iterable[Path], changed: set[Path]) -> tuple[list[Path], list[Path]]:
+    """Kernel dirs whose own files or whose reference file is among `changed`; and the rest."""
+    picked, rest = [], []
+    for d in dirs:
+        touched = any((d / name).resolve() in changed for name in KERNEL_FILES)
+        if not touched:
+            try:
+                touched = reference_path(d, read_report(d)).resolve() in changed
+            except KoptError:
+                touched = True  # an unreadable report is a failure worth reporting
+        (picked if touched else rest).append(d)
+    return picked, rest
+
+
+# ---- the whole check ------------------------------------------------------------------------------------
+
+def run_check(paths: Sequence[Path] | None = None, base: str | None = None, settings: CheckSettings | None = None,
+              cwd: Path | None = None, progress: Progress = no_progress, changed: set[Path] | None = None,
+              changed_label: str = "") -> CheckReport:
+    """Check the kernels under PATHS (default kernels/*/ at the repo root or cwd).
+
+    `base` selects only the kernels touched since the merge base of BASE and HEAD; `changed` (used by the
+    hook) passes that set directly.
+    """
+    from kopt.cache import Cache
+
+    t0 = time.perf_counter()
+    settings = settings or CheckSettings()
+    cwd = (cwd or Path.cwd()).resolve()
+    root = None
+    if not paths or base is not None:
+        root = repo_root(cwd) if (base is not None or not (cwd / "kernels").is_dir()) else None
+    if base is not None and root is None:
+        raise KoptError("--base needs a git repository", "run kopt check inside the repository, or drop --base")
+    dirs = [d.resolve() for d in find_kernel_dirs(paths, root or cwd)]
+    selected_by = "all kernels"
+    rest: list[Path] = []
+    if base is not None:
+        changed, selected_by = changed_paths(root, base)
+    elif changed is not None:
+        selected_by = changed_label or "changed files"
+    if changed is not None:
+        dirs, rest = select_changed(dirs, changed)
+
+    def display(p: Path) -> str:
+        try:
+            return os.path.relpath(p, cwd)
+        except ValueError:
+            return str(p)
+
+    notes: list[str] = []
+    if not dirs and not rest:
+        notes.append("no kernel directories found (kernels/<task>/report.json)")
+    machine = _Machine()
+    results = []
+    with Cache(enabled=settings.use_cache) as cache:
+        for d in dirs:
+            results.append(check_kernel(d, settings, cache, machine, display, progress))
+    return CheckReport(results=tuple(results), selected_by=selected_by, not_selected=tuple(display(d) for d in rest),
+                       elapsed_s=time.perf_counter() - t0, notes=tuple(notes))
