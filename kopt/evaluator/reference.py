@@ -1,0 +1,136 @@
+"""The trusted reference child: `python -m kopt.evaluator.reference build|time SPEC.json`.
+
+`build` imports the task (and, when there is one, its perturbed-shape variant), builds every trial's inputs
+and runs Model. It writes OUT/inputs.pt (inputs, init inputs, Model's state_dict: candidates may read it) and
+OUT/reference.pt (outputs: kopt reads it back into memory and deletes it before any candidate starts).
+`time` times Model exactly as worker.py times a candidate, in a process that never loads candidate code.
+
+Trials (hacking-and-sandbox.md §2): trial 0 is the task's own get_inputs(); the others redraw every floating
+input as N(0,1), mixed sign (KernelBench's torch.rand [0,1) makes ReLU/HardTanh the identity, hack #3). If the
+reference is non-finite on the redrawn inputs but finite on its own (log, sqrt), every trial falls back to
+the task's own distribution, with a warning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+BASE_SEED = 42  # KernelBench's seed for trial 0
+SEED_STRIDE = 1009
+
+
+def _load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _redraw(inputs: list, torch, gen) -> list:
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            out.append(torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.dtype))
+        else:
+            out.append(x)
+    return out
+
+
+def _run(module, seed: int, redraw: bool, torch) -> dict:
+    torch.manual_seed(seed)
+    inputs = list(module.get_inputs())
+    if redraw:
+        gen = torch.Generator().manual_seed(seed)
+        inputs = _redraw(inputs, torch, gen)
+    init = module.get_init_inputs()
+    torch.manual_seed(seed)  # seed, then construct (KernelBench); ModelNew is built the same way
+    model = module.Model(**init) if isinstance(init, dict) else module.Model(*init)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sent = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+    with torch.no_grad():
+        out = model(*inputs)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    outs = [o.detach().clone() for o in outs]
+    init_s = init if isinstance(init, dict) else list(init)
+    return {"seed": seed, "inputs": sent, "init": init_s, "state_dict": state, "outputs": outs}
+
+
+def _finite(outs, torch) -> bool:
+    return all(bool(torch.isfinite(o).all()) for o in outs if o.is_floating_point())
+
+
+def build(spec: dict, torch) -> dict:
+    sys.path.insert(0, spec["search_path"]) if spec.get("search_path") else None
+    module = _load(spec["task"], "kopt_task")
+    warnings: list[str] = []
+    n = int(spec["trials"])
+    seeds = [BASE_SEED + SEED_STRIDE * k for k in range(n)]
+    trials = [dict(_run(module, seeds[0], False, torch), tag="task inputs")]
+    redraw = True
+    if n > 1:
+        probe = _run(module, seeds[1], True, torch)
+        if _finite(trials[0]["outputs"], torch) and not _finite(probe["outputs"], torch):
+            redraw = False
+            warnings.append("the reference is not finite on N(0,1) inputs (a domain-restricted op?): every trial "
+                            "uses the task's own input distribution")
+        else:
+            trials.append(dict(probe, tag="N(0,1) inputs"))
+    for seed in seeds[len(trials):]:
+        trials.append(dict(_run(module, seed, redraw, torch), tag="N(0,1) inputs" if redraw else "task inputs"))
+    if spec.get("perturbed_task"):
+        try:
+            pmod = _load(spec["perturbed_task"], "kopt_task_perturbed")
+            trial = _run(pmod, BASE_SEED + SEED_STRIDE * n, redraw, torch)
+            trials.append(dict(trial, tag=f"perturbed shape ({spec.get('perturbed_note', '')})"))
+        except Exception as e:  # noqa: BLE001 - the module does not take other shapes: skip that trial
+            warnings.append(f"no perturbed-shape trial: the reference fails on it ({type(e).__name__}: {e})"[:300])
+    out_dir = Path(spec["out_dir"])
+    torch.save({"trials": [{k: v for k, v in t.items() if k != "outputs"} for t in trials]}, out_dir / "inputs.pt")
+    torch.save({"outputs": [t["outputs"] for t in trials]}, out_dir / "reference.pt")
+    return {"ok": True, "warnings": warnings, "tags": [t["tag"] for t in trials]}
+
+
+def time_reference(spec: dict, torch) -> dict:
+    from kopt.evaluator.targets import get_target, timing_loop
+
+    sys.path.insert(0, spec["search_path"]) if spec.get("search_path") else None
+    module = _load(spec["task"], "kopt_task")
+    target = get_target(spec["target"])
+    data = torch.load(spec["inputs"], weights_only=True)
+    trials = [data["trials"][i] for i in spec["time_trials"]]
+    t = trials[0]
+    torch.manual_seed(t["seed"])
+    init = t["init"]
+    model = module.Model(**init) if isinstance(init, dict) else module.Model(*init)
+    model.load_state_dict(t["state_dict"])
+    timer = target.Timer(clock=time.perf_counter_ns)
+    report = timing_loop(model, trials, timer, torch, spec["min_calls"], spec["min_time_s"], spec["nonce"], keep=0)
+    report.pop("kept")
+    return {"ok": True, **report}
+
+
+def main(argv: list[str]) -> int:
+    mode, spec_path = argv[0], argv[1]
+    spec = json.loads(Path(spec_path).read_text())
+    out_dir = Path(spec["out_dir"])
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    try:
+        result = build(spec, torch) if mode == "build" else time_reference(spec, torch)
+    except Exception as e:  # noqa: BLE001 - the user's reference failed: report it, kopt raises TaskError
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"[:600]}
+    tmp = out_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out_dir / "result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
