@@ -236,6 +236,9 @@ class Evaluator:
                           device=self.target.device_name(), isolation=self.isolation,
                           toolchain=tuple(sorted(self.target.toolchain().items())), **kw)
 
+    def _device(self) -> str:
+        return "cuda" if self.settings.target == "cuda" else "cpu"
+
     def _env(self) -> dict[str, str]:
         threads = str(self.settings.resolved_threads())
         env = {"PYTHONPATH": _KOPT_ROOT, "OMP_NUM_THREADS": threads, "KOPT_HOME": str(self.home),
@@ -327,7 +330,7 @@ class Evaluator:
         self.task.write(self.task_dir)
         spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
                 "trials": self.settings.trials, "threads": self.settings.resolved_threads(),
-                "target": self.settings.target}
+                "target": self.settings.target, "device": self._device()}
         perturbed = self._perturbed_source()
         if perturbed:
             (self.task_dir / "task_perturbed.py").write_text(perturbed[0])
@@ -366,7 +369,8 @@ class Evaluator:
         spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
                 "inputs": str(self.ref_dir / "inputs.pt"), "time_trials": self._time_trials(),
                 "threads": self.settings.resolved_threads(), "target": self.settings.target,
-                "min_calls": self.settings.min_calls, "min_time_s": self.settings.min_time_s, "nonce": nonce}
+                "min_calls": self.settings.min_calls, "min_time_s": self.settings.min_time_s, "nonce": nonce,
+                "device": self._device()}
         work = self.root / "reference-time"
         res, result = self._spawn("kopt.evaluator.reference", "time", spec, work, self.settings.run_timeout_s,
                                   readable=[self.task_dir, self.ref_dir])
@@ -452,7 +456,8 @@ class Evaluator:
         return {"candidate": str(work / "candidate.py"), "target": self.settings.target,
                 "build_root": str(self.home / "build" / _sha(source)[:16]),
                 "extensions": [{"name": n, "so": so, "sha256": h} for n, so, h in build.extensions],
-                "inputs": str(self.ref_dir / "inputs.pt"), "threads": self.settings.resolved_threads()}
+                "inputs": str(self.ref_dir / "inputs.pt"), "threads": self.settings.resolved_threads(),
+                "device": self._device()}
 
     def _check_one(self, i: int, source: str, build: BuildResult) -> EvalResult:
         import torch

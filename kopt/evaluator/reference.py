@@ -41,7 +41,7 @@ def _redraw(inputs: list, torch, gen) -> list:
     return out
 
 
-def _run(module, seed: int, redraw: bool, torch) -> dict:
+def _run(module, seed: int, redraw: bool, torch, device: str = "cpu") -> dict:
     torch.manual_seed(seed)
     inputs = list(module.get_inputs())
     if redraw:
@@ -50,12 +50,14 @@ def _run(module, seed: int, redraw: bool, torch) -> dict:
     init = module.get_init_inputs()
     torch.manual_seed(seed)  # seed, then construct (KernelBench); ModelNew is built the same way
     model = module.Model(**init) if isinstance(init, dict) else module.Model(*init)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     sent = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+    model = model.to(device)
+    args = [x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs]
     with torch.no_grad():
-        out = model(*inputs)
+        out = model(*args)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    outs = [o.detach().clone() for o in outs]
+    outs = [o.detach().cpu().clone() for o in outs]
     init_s = init if isinstance(init, dict) else list(init)
     return {"seed": seed, "inputs": sent, "init": init_s, "state_dict": state, "outputs": outs}
 
@@ -65,15 +67,17 @@ def _finite(outs, torch) -> bool:
 
 
 def build(spec: dict, torch) -> dict:
-    sys.path.insert(0, spec["search_path"]) if spec.get("search_path") else None
+    if spec.get("search_path"):
+        sys.path.insert(0, spec["search_path"])
     module = _load(spec["task"], "kopt_task")
     warnings: list[str] = []
+    dev = spec.get("device", "cpu")
     n = int(spec["trials"])
     seeds = [BASE_SEED + SEED_STRIDE * k for k in range(n)]
-    trials = [dict(_run(module, seeds[0], False, torch), tag="task inputs")]
+    trials = [dict(_run(module, seeds[0], False, torch, dev), tag="task inputs")]
     redraw = True
     if n > 1:
-        probe = _run(module, seeds[1], True, torch)
+        probe = _run(module, seeds[1], True, torch, dev)
         if _finite(trials[0]["outputs"], torch) and not _finite(probe["outputs"], torch):
             redraw = False
             warnings.append("the reference is not finite on N(0,1) inputs (a domain-restricted op?): every trial "
@@ -81,11 +85,11 @@ def build(spec: dict, torch) -> dict:
         else:
             trials.append(dict(probe, tag="N(0,1) inputs"))
     for seed in seeds[len(trials):]:
-        trials.append(dict(_run(module, seed, redraw, torch), tag="N(0,1) inputs" if redraw else "task inputs"))
+        trials.append(dict(_run(module, seed, redraw, torch, dev), tag="N(0,1) inputs" if redraw else "task inputs"))
     if spec.get("perturbed_task"):
         try:
             pmod = _load(spec["perturbed_task"], "kopt_task_perturbed")
-            trial = _run(pmod, BASE_SEED + SEED_STRIDE * n, redraw, torch)
+            trial = _run(pmod, BASE_SEED + SEED_STRIDE * n, redraw, torch, dev)
             trials.append(dict(trial, tag=f"perturbed shape ({spec.get('perturbed_note', '')})"))
         except Exception as e:  # noqa: BLE001 - the module does not take other shapes: skip that trial
             warnings.append(f"no perturbed-shape trial: the reference fails on it ({type(e).__name__}: {e})"[:300])
@@ -98,7 +102,8 @@ def build(spec: dict, torch) -> dict:
 def time_reference(spec: dict, torch) -> dict:
     from kopt.evaluator.targets import get_target, timing_loop
 
-    sys.path.insert(0, spec["search_path"]) if spec.get("search_path") else None
+    if spec.get("search_path"):
+        sys.path.insert(0, spec["search_path"])
     module = _load(spec["task"], "kopt_task")
     target = get_target(spec["target"])
     data = torch.load(spec["inputs"], weights_only=True)
@@ -108,8 +113,10 @@ def time_reference(spec: dict, torch) -> dict:
     init = t["init"]
     model = module.Model(**init) if isinstance(init, dict) else module.Model(*init)
     model.load_state_dict(t["state_dict"])
+    model = model.to(spec.get("device", "cpu"))
     timer = target.Timer(clock=time.perf_counter_ns)
-    report = timing_loop(model, trials, timer, torch, spec["min_calls"], spec["min_time_s"], spec["nonce"], keep=0)
+    report = timing_loop(model, trials, timer, torch, spec["min_calls"], spec["min_time_s"], spec["nonce"], keep=0,
+                         device=spec.get("device", "cpu"))
     report.pop("kept")
     return {"ok": True, **report}
 

@@ -195,7 +195,7 @@ def _first_error_lines(text: str, limit: int = 600) -> str:
     return (lines[-1] if lines else text)[:limit]
 
 
-def _new_model(cls, trial: dict, torch):
+def _new_model(cls, trial: dict, torch, device: str = "cpu"):
     init = trial["init"]
     torch.manual_seed(trial["seed"])  # KernelBench's rule: seed, then construct
     model = cls(**init) if isinstance(init, dict) else cls(*init)
@@ -203,7 +203,7 @@ def _new_model(cls, trial: dict, torch):
     own = model.state_dict()
     if ref_sd and set(own) == set(ref_sd) and all(own[k].shape == ref_sd[k].shape for k in own):
         model.load_state_dict(ref_sd)
-    return model
+    return model.to(device)
 
 
 def _outputs(out, torch) -> tuple[list, dict]:
@@ -223,28 +223,33 @@ def _outputs(out, torch) -> tuple[list, dict]:
     return cloned, meta
 
 
-def _poison(torch, nbytes: int) -> None:
+def _cpu(xs):
+    return None if xs is None else [x.cpu() if hasattr(x, "cpu") else x for x in xs]
+
+
+def _poison(torch, nbytes: int, device: str = "cpu") -> None:
     """Fill and free a large NaN block so a kernel returning uninitialised memory sees NaN (hack #1)."""
-    buf = torch.empty(max(nbytes, 1 << 20) // 4, dtype=torch.float32)
+    buf = torch.empty(max(nbytes, 1 << 20) // 4, dtype=torch.float32, device=device)
     buf.fill_(float("nan"))
     del buf
 
 
 def _check(spec: dict, module, torch) -> tuple[dict, dict]:
     data = torch.load(spec["inputs"], weights_only=True)
+    device = spec.get("device", "cpu")
     cls = getattr(module, "ModelNew")
     bufs: dict[tuple, object] = {}
     trials_out = []
     for t, trial in enumerate(data["trials"]):
-        model = _new_model(cls, trial, torch)
+        model = _new_model(cls, trial, torch, device)
         args, originals = [], []
         for i, x in enumerate(trial["inputs"]):
             if isinstance(x, torch.Tensor):
                 key = (i, tuple(x.shape), str(x.dtype))
                 if key not in bufs:  # the SAME tensors across trials: a pointer-keyed cache goes stale (hack #9)
-                    bufs[key] = torch.empty_like(x)
+                    bufs[key] = torch.empty_like(x, device=device)
                 args.append(bufs[key])
-                originals.append(x)
+                originals.append(x.to(device))
             else:
                 args.append(x)
                 originals.append(None)
@@ -255,7 +260,7 @@ def _check(spec: dict, module, torch) -> tuple[dict, dict]:
             for a, o in zip(args, originals):
                 if o is not None:
                     a.copy_(o)
-            _poison(torch, nbytes)
+            _poison(torch, nbytes, device)
             _State.calls = 0
             with torch.no_grad():
                 out = model(*args)
@@ -281,7 +286,8 @@ def _check(spec: dict, module, torch) -> tuple[dict, dict]:
         trials_out.append({"runs": runs, "inputs_after": after, "ghost": ghost})
         trials_out[-1]["meta"] = metas
         trials_out[-1]["calls"] = calls
-    payload = {"trials": [{"runs": t["runs"], "inputs_after": t["inputs_after"], "ghost": t["ghost"]}
+    payload = {"trials": [{"runs": [_cpu(r) for r in t["runs"]], "inputs_after": _cpu(t["inputs_after"]),
+                           "ghost": _cpu(t["ghost"])}
                           for t in trials_out]}
     result = {"trials": [{"meta": t["meta"], "calls": t["calls"]} for t in trials_out]}
     return result, payload
@@ -292,10 +298,11 @@ def _time(spec: dict, module, torch, target) -> tuple[dict, dict]:
 
     data = torch.load(spec["inputs"], weights_only=True)
     trials = [data["trials"][i] for i in spec["time_trials"]]
-    model = _new_model(getattr(module, spec.get("class_name", "ModelNew")), trials[0], torch)
+    model = _new_model(getattr(module, "ModelNew"), trials[0], torch, spec.get("device", "cpu"))
     timer = target.Timer(clock=_perf_counter_ns)
     report = timing_loop(model, trials, timer, torch, spec["min_calls"], spec["min_time_s"], spec["nonce"],
-                         keep=spec.get("keep", 8), rand=_urandom, clock=_perf_counter_ns)
+                         keep=spec.get("keep", 8), rand=_urandom, clock=_perf_counter_ns,
+                         device=spec.get("device", "cpu"))
     tampered = []
     if time.perf_counter_ns is not _perf_counter_ns:
         tampered.append("time.perf_counter_ns was replaced")

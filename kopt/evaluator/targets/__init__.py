@@ -31,7 +31,7 @@ def median_iqr(times_ms: list[float]) -> tuple[float, float]:
 
 
 def timing_loop(model, trials: list[dict], timer, torch, min_calls: int, min_time_s: float, nonce: str,
-                keep: int = 8, rand=None, clock=None) -> dict:
+                keep: int = 8, rand=None, clock=None, device: str = "cpu") -> dict:
     """Time `model` one call at a time over rotating input sets (§3).
 
     Each set is its own tensors with distinct content (hack #9); the cache is flushed before every call; a
@@ -45,7 +45,7 @@ def timing_loop(model, trials: list[dict], timer, torch, min_calls: int, min_tim
 
     rand = rand or os.urandom
     clock = clock or __import__("time").perf_counter_ns
-    sets = [[x.clone() if isinstance(x, torch.Tensor) else x for x in t["inputs"]] for t in trials]
+    sets = [[x.to(device).clone() if isinstance(x, torch.Tensor) else x for x in t["inputs"]] for t in trials]
     with torch.no_grad():
         # Warm up by time, not count: >= 50 ms and >= 3 calls.
         t0, n = clock(), 0
@@ -86,4 +86,6 @@ def timing_loop(model, trials: list[dict], timer, torch, min_calls: int, min_tim
         print(f"{MARK} {nonce} end", flush=True)
     if all(k["call"] != last["call"] for k in kept):
         kept.append(last)
+    for k in kept:
+        k["outputs"] = [o.cpu() if o is not None else None for o in k["outputs"]]
     return {"times_ms": times, "phase_ms": (p1 - p0) / 1e6, "kept": kept, "sets": len(sets)}

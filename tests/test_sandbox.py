@@ -1,0 +1,134 @@
+"""sandbox.py on real child processes: each hostile snippet costs only itself (hacking-and-sandbox.md §5)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from kopt.evaluator.sandbox import FLOOD_BYTES, Limits, detect_isolation, run_sandboxed
+
+
+def py(code: str, **kw):
+    kw.setdefault("timeout_s", 30)
+    return run_sandboxed([sys.executable, "-c", code], **kw)
+
+
+def test_isolation_is_detected_and_plain_run_works():
+    assert detect_isolation() in ("bwrap", "unshare", "none")
+    res = py("print('hello')")
+    assert res.returncode == 0 and res.stdout.strip() == "hello" and res.killed is None
+    assert res.isolation == detect_isolation()
+
+
+def test_infinite_loop_is_killed_at_the_timeout():
+    t0 = time.monotonic()
+    res = py("while True: pass", timeout_s=2)
+    assert res.killed == "timeout"
+    assert time.monotonic() - t0 < 10
+    assert "run timeout" in res.describe()
+
+
+def test_sigsegv_is_reported():
+    res = py("import ctypes; ctypes.string_at(0)")
+    assert res.signal == 11 and res.killed is None
+    assert "SIGSEGV" in res.describe()
+
+
+def test_stdout_flood_is_cut():
+    t0 = time.monotonic()
+    res = py("import sys\nwhile True: sys.stdout.write('x' * 65536)", timeout_s=60)
+    assert res.killed == "output flood"
+    assert len(res.stdout) <= 1 << 20  # only the cap is kept
+    assert time.monotonic() - t0 < 30
+    assert f"{FLOOD_BYTES >> 20} MB" in res.describe()
+
+
+def test_secret_env_var_is_not_visible(monkeypatch):
+    monkeypatch.setenv("MY_API_KEY", "sk-do-not-leak")
+    monkeypatch.setenv("SOME_TOKEN_VALUE", "tok")
+    res = py("import os; print(sorted(os.environ))", env={"OTHER_SECRET": "x"})
+    assert res.returncode == 0
+    assert "MY_API_KEY" not in res.stdout and "SOME_TOKEN_VALUE" not in res.stdout
+    assert "OTHER_SECRET" not in res.stdout and "sk-do-not-leak" not in res.stdout
+    assert "PATH" in res.stdout
+
+
+def test_tcp_connect_to_localhost_server_fails():
+    if detect_isolation() == "none":
+        pytest.skip("no network isolation on this machine")
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted: list = []
+    stop = threading.Event()
+
+    def accept_loop():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn)
+            except (socket.timeout, OSError):
+                pass
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    # Control: the server really accepts connections from this (unsandboxed) process.
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    time.sleep(0.5)
+    assert len(accepted) == 1
+    code = ("import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=3); print('CONNECTED')\n"
+            "except OSError as e:\n"
+            "    print('FAILED', e)\n")
+    res = py(code)
+    time.sleep(0.5)
+    stop.set()
+    thread.join()
+    server.close()
+    assert "FAILED" in res.stdout and "CONNECTED" not in res.stdout
+    assert len(accepted) == 1  # the server saw no connection from the sandbox
+
+
+def test_allocation_far_over_the_limit_fails():
+    code = ("try:\n"
+            "    b = bytearray(64 << 30); print('ALLOCATED')\n"
+            "except MemoryError:\n"
+            "    print('MEMORYERROR')\n")
+    res = py(code, limits=Limits(as_mb=4096), max_rss_mb=2048)
+    assert "MEMORYERROR" in res.stdout or res.killed == "memory"
+    assert "ALLOCATED" not in res.stdout
+
+
+def test_rss_watchdog_kills_a_growing_process():
+    # No RLIMIT_AS (as on GPU processes): the watchdog alone must stop it.
+    code = "import time\nx = []\nwhile True:\n    x.append(bytearray(64 << 20)); time.sleep(0.01)"
+    res = py(code, max_rss_mb=512, limits=Limits(as_mb=None))
+    assert res.killed == "memory"
+    assert res.peak_rss_mb > 512
+
+
+def test_os_exit_leaves_no_result_and_says_so():
+    res = py("import os; os._exit(0)")
+    assert res.returncode == 0 and res.killed is None
+    assert "without a result" in res.describe()
+
+
+def test_background_child_does_not_survive_the_timeout(tmp_path):
+    marker = tmp_path / "alive"
+    child = tmp_path / "child.py"
+    child.write_text(f"import time\ntime.sleep(4)\nopen({str(marker)!r}, 'w').close()\n")
+    code = ("import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, {str(child)!r}], start_new_session=True)\n"
+            "time.sleep(60)")
+    res = py(code, timeout_s=2, writable=[tmp_path])
+    assert res.killed == "timeout"
+    time.sleep(5)
+    assert not marker.exists()
