@@ -230,7 +230,7 @@ def kernel_file_mismatch(kernel_dir: Path, code: str) -> str | None:
 
 # ---- the fix command ------------------------------------------------------------------------------------
 
-def fix_command(kernel_dir: Path, report: dict[str, Any], target: str) -> str:
+def fix_command(kernel_dir: Path, report: dict[str, Any], target: str, actual_dir: Path | None = None) -> str:
     """`kopt optimize` that re-records this kernel from its own recorded pool (no LLM needed)."""
     task = report["task"]
     params = report.get("params") or {}
@@ -242,7 +242,7 @@ def fix_command(kernel_dir: Path, report: dict[str, Any], target: str) -> str:
         parts += ["--init-args", init if isinstance(init, str) else json.dumps(init)]
     for k, v in (task.get("sets") or {}).items():
         parts += ["--set", f"{k}={v!r}"]
-    if (kernel_dir / "samples.jsonl").is_file():
+    if ((actual_dir or kernel_dir) / "samples.jsonl").is_file():
         parts += ["--sampler", "replay", "--samples", str(kernel_dir / "samples.jsonl")]
         if params.get("k"):
             parts += ["--k", str(params["k"])]
@@ -264,20 +264,14 @@ class _Machine:
         """None when this machine cannot run `target` kernels (no evaluator, no GPU)."""
         if target not in self._fp:
             try:
-                from kopt.evaluator import machine_fingerprint
-            except ImportError:
                 try:
-                    machine_fingerprint = _fingerprint_fallback
+                    from kopt.evaluator import machine_fingerprint
                 except ImportError:
-                    self._fp[target] = None
-                    return None
-            if target == "cuda" and not _has_cuda():
+                    machine_fingerprint = _fingerprint_fallback
+                ok = target != "cuda" or _has_cuda()
+                self._fp[target] = machine_fingerprint(target) if ok else None
+            except (ImportError, KoptError):
                 self._fp[target] = None
-            else:
-                try:
-                    self._fp[target] = machine_fingerprint(target)
-                except KoptError:
-                    self._fp[target] = None
         return self._fp[target]
 
 
@@ -349,7 +343,7 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
     base = KernelCheck(kernel_dir=shown, task=str(task_info.get("name") or kernel_dir.name), reference=target_shown,
                        verdict=Verdict.PASS, recorded_hash=str(task_info.get("hash") or ""),
                        recorded_speedup=winner.get("speedup"),
-                       fix=fix_command(Path(shown), report, target_shown))
+                       fix=fix_command(Path(shown), report, target_shown, kernel_dir))
     try:
         task = load_reference(kernel_dir, report)
     except KoptError as e:
@@ -364,9 +358,8 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
     edited = not code_matches_record(code, full_text, winner)
     base = replace(base, current_hash=task.hash, stale=stale, edited=edited)
     mismatch = kernel_file_mismatch(kernel_dir, code)
-    if mismatch:
-        return replace(base, verdict=Verdict.MISMATCH, reason=mismatch, correctness="skipped",
-                       fix=f"put the change into {shown}/{MODEL_NEW}, or `git checkout -- {shown}`")
+    if mismatch and not edited:
+        return _mismatch(base, mismatch)
     if not (stale or edited or settings.check_all):
         return base  # the recorded verdict stands: nothing relevant changed
 
@@ -378,7 +371,7 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
                else "the kernel targets CUDA and this machine has no CUDA GPU")
         skipped.append(f"correctness: {why}")
         skipped.append(f"timing: {why}")
-        return _conclude(base, None, None, skipped, settings)
+        return _conclude(base, None, None, skipped, settings, mismatch)
 
     from kopt.records import EvalResult, Status
 
@@ -396,7 +389,7 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
             timed = _maybe_time(ev, code, checked, report, fp, stale, settings, cache, key, skipped)
         progress(f"check {task.name}", 1, 1)
         return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped,
-                         settings)
+                         settings, mismatch)
     timed = None
     if checked.status is Status.CORRECT and _wants_timing(report, fp, stale, settings, skipped):
         cached_t = cache.get("ktime", key) if settings.use_cache else None
@@ -406,7 +399,8 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
             with _evaluator(task, _eval_settings(report, target)) as ev:
                 [timed] = ev.time([code], [checked])
             cache.set("ktime", key, timed.to_json())
-    return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped, settings)
+    return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped, settings,
+                     mismatch)
 
 
 def _settings_key(report: dict[str, Any], target: str) -> Any:
@@ -439,7 +433,14 @@ def _maybe_time(ev, code, checked, report, fp, stale, settings, cache, key, skip
     return timed
 
 
-def _conclude(base: KernelCheck, checked, timed, skipped: list[str], settings: CheckSettings) -> KernelCheck:
+def _mismatch(base: KernelCheck, why: str) -> KernelCheck:
+    d = base.kernel_dir
+    return replace(base, verdict=Verdict.MISMATCH, reason=why,
+                   fix=f"put the change into {d}/{MODEL_NEW} (then re-check), or `git checkout -- {d}`")
+
+
+def _conclude(base: KernelCheck, checked, timed, skipped: list[str], settings: CheckSettings,
+              mismatch: str | None = None) -> KernelCheck:
     from kopt.records import Status
 
     out = replace(base, skipped=tuple(skipped))
@@ -464,6 +465,8 @@ def _conclude(base: KernelCheck, checked, timed, skipped: list[str], settings: C
             return replace(out, verdict=Verdict.SLOWER,
                            reason=f"{timed.speedup:.2f}x now vs {base.recorded_speedup:.2f}x recorded "
                                   f"(more than {settings.tolerance:.0%} slower)")
+    if mismatch:
+        return _mismatch(out, mismatch)
     if base.edited:
         return replace(out, reason=f"{MODEL_NEW} differs from the recorded winner but is correct here", fix=None)
     return replace(out, fix=None)
