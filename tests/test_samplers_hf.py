@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from tinymodel import make_random_lora, teacher_forced_logprobs, tiny_chat_model_dir, tiny_model_dir  # noqa: F401
+
+pytest.register_assert_rewrite("tinymodel")  # it is also loaded as a plugin below
+
+from tinymodel import make_random_lora, teacher_forced_logprobs
 
 from kopt.errors import SamplerError
 from kopt.prompt import make_prompt
 from kopt.samplers import get_sampler
 from kopt.samplers.base import SamplerParams
+
+# tiny_model_dir / tiny_chat_model_dir: session fixtures shared by every module that loads this plugin.
+pytest_plugins = ["tinymodel"]
 
 PROMPT = make_prompt("You write kernels.", "class ModelNew(nn.Module):", "cpu")
 

@@ -14,13 +14,19 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from tinymodel import teacher_forced_logprobs, tiny_chat_model_dir  # noqa: F401
+
+pytest.register_assert_rewrite("tinymodel")  # it is also loaded as a plugin below
+
+from tinymodel import teacher_forced_logprobs
 
 from kopt.errors import SamplerError
 from kopt.prompt import make_prompt
 from kopt.samplers import get_sampler
 from kopt.samplers.base import SamplerParams
 from kopt.samplers.openai import OpenAISampler
+
+# tiny_model_dir / tiny_chat_model_dir: session fixtures shared by every module that loads this plugin.
+pytest_plugins = ["tinymodel"]
 
 PROMPT = make_prompt("You write kernels.", "class ModelNew(nn.Module):", "cpu")
 KEY = "sk-test-5f3a9c0d"
@@ -183,7 +189,7 @@ def test_retries_429_then_succeeds_with_key(stub, monkeypatch):
     assert i == 4 and got.text == "x = 1" and got.logprob == -1.75 and got.num_tokens == 2
     assert got.token_ids == (5, 6) and got.prompt_token_ids == (0, 1, 2) and got.finish_reason == "length"
     assert len(stub.requests) == 2  # retried once
-    path, headers, body = stub.requests[-1]
+    _, headers, body = stub.requests[-1]
     assert headers["Authorization"] == f"Bearer {KEY}"
     assert body["logprobs"] == 0 and body["return_token_ids"] is True and body["prompt"] == PROMPT.as_text()
     from kopt.samplers import derive_seed

@@ -77,7 +77,7 @@ class Sampler(ABC):
     def close(self) -> None:
         """Free the model / connections. Safe to call twice."""
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,7 +14,15 @@ from collections.abc import Iterator, Sequence
 
 from kopt.errors import SamplerError
 from kopt.records import Sample
-from kopt.samplers.base import RAW, Sampler, SamplerParams, derive_seed, encode_prompt, local_model_id, make_sample
+from kopt.samplers.base import (
+    RAW,
+    Sampler,
+    SamplerParams,
+    derive_seed,
+    encode_prompt,
+    local_model_id,
+    make_sample,
+)
 
 
 class HFSampler(Sampler):

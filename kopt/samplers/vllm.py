@@ -14,7 +14,15 @@ from collections.abc import Iterator, Sequence
 
 from kopt.errors import SamplerError
 from kopt.records import Sample
-from kopt.samplers.base import RAW, Sampler, SamplerParams, derive_seed, encode_prompt, local_model_id, make_sample
+from kopt.samplers.base import (
+    RAW,
+    Sampler,
+    SamplerParams,
+    derive_seed,
+    encode_prompt,
+    local_model_id,
+    make_sample,
+)
 
 CPU_KV_CACHE_BYTES = 64 * 2**20  # vllm-cpu.md §5: 0.77 GB peak RSS, 1.6 s init with a tiny model
 
@@ -49,7 +57,7 @@ class VLLMSampler(Sampler):
             kw.update(dtype="float32", kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
         try:
             self.llm = vllm.LLM(**kw)
-        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the first line is what a user needs
+        except Exception as e:
             raise SamplerError(f"vLLM could not load {params.model!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                                "check --model; on a CPU, attention heads must be >= 32 wide") from e
         self._vllm = vllm
