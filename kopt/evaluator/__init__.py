@@ -79,6 +79,25 @@ def resolve_target(target: str) -> str:
     return target
 
 
+def machine_fingerprint(target: str) -> dict[str, str]:
+    """What Evaluator.fingerprint() reports, without building an Evaluator: device, toolchain, isolation.
+
+    Cheap (no reference run, no compile), so caches can key verdicts on it before deciding whether anything
+    needs evaluating at all.
+    """
+    from kopt.evaluator.sandbox import detect_isolation
+    from kopt.evaluator.targets import get_target
+
+    target = resolve_target(target)
+    t = get_target(target)
+    return {
+        "target": target,
+        "device": t.device_name(),
+        "toolchain": json.dumps(t.toolchain(), sort_keys=True),
+        "isolation": detect_isolation(),
+    }
+
+
 def _static_check(source: str, target: str):
     try:  # the static gate is another engineer's module; run without it until it lands
         from kopt.evaluator.static import check_source
@@ -210,12 +229,7 @@ class Evaluator:
             return list(pool.map(self._build, sources))
 
     def fingerprint(self) -> dict[str, str]:
-        return {
-            "target": self.settings.target,
-            "device": self.target.device_name(),
-            "toolchain": json.dumps(self.target.toolchain(), sort_keys=True),
-            "isolation": self.isolation,
-        }
+        return machine_fingerprint(self.settings.target)
 
     def close(self) -> None:
         if not self._closed:
