@@ -111,6 +111,31 @@ def _shadow_header(cx, out_dir: Path) -> str:
     return str(shadow)
 
 
+def _build_objects_only(real, build_dir: Path, name, cpp, cuda, functions, target, use_pch, a):
+    """No usable CUDA torch here (a CPU wheel has no libtorch_cuda to link against): compile every source
+    with nvcc/g++ and accept a failure at the link step only, with a warning."""
+    import types
+
+    try:
+        return real(name=name, cpp_sources=cpp, cuda_sources=cuda or None, functions=functions,
+                    extra_cflags=list(target.CFLAGS), extra_cuda_cflags=list(target.CUDA_CFLAGS) or None,
+                    extra_ldflags=list(target.LDFLAGS), build_directory=str(build_dir), verbose=False,
+                    with_cuda=bool(cuda), is_python_module=True,
+                    with_pytorch_error_handling=a.get("with_pytorch_error_handling", True), use_pch=use_pch)
+    except RuntimeError as e:
+        objects_ok = (build_dir / "main.o").exists() and (not cuda or (build_dir / "cuda.cuda.o").exists())
+        if not (objects_ok and "ld returned" in str(e)):
+            raise
+        _State.warnings.append("compile only: sources compiled, not linked (this torch has no CUDA libraries)")
+        return types.ModuleType(name)
+
+
+def _cuda_usable() -> bool:
+    import torch
+
+    return bool(torch.version.cuda) and torch.cuda.is_available()
+
+
 def _install_load_inline(spec: dict) -> None:
     import torch.utils.cpp_extension as cx
 
@@ -124,6 +149,14 @@ def _install_load_inline(spec: dict) -> None:
     prebuilt = {e["name"]: e for e in spec.get("extensions", [])}
     # The PCH is built by kopt's trusted warm-up; a build must neither rebuild nor delete it (the torch
     # include dir is read-only in the sandbox; use_pch=False would otherwise delete it for everyone).
+    if spec["target"] == "cuda" and cx.CUDA_HOME is None and os.environ.get("CUDA_HOME"):
+        cx.CUDA_HOME = os.environ["CUDA_HOME"]  # a CPU-only torch leaves it None: compile-only machines
+    compile_only = spec["mode"] == "compile" and spec["target"] == "cuda" and not _cuda_usable()
+    if compile_only:
+        # Compile-only machine (no GPU): build the .so but do not load it (it needs libcudart and a device).
+        import types
+
+        cx._import_module_from_library = lambda name, path, is_python_module: types.ModuleType(name)
     cx.remove_extension_h_precompiler_headers = lambda: None
     cx._check_and_build_extension_h_precompiler_headers = lambda *a, **k: None
 
@@ -155,8 +188,11 @@ def _install_load_inline(spec: dict) -> None:
                     with_cuda=bool(cuda), is_python_module=True,
                     with_pytorch_error_handling=a.get("with_pytorch_error_handling", True),
                     use_pch=use_pch,
-                )
+                ) if not compile_only else _build_objects_only(real, build_dir, name, cpp, cuda, functions, target,
+                                                               use_pch, a)
             so = build_dir / f"{name}.so"
+            if compile_only:
+                so = build_dir / "cuda.cuda.o"
             _State.extensions.append({"name": name, "so": str(so), "sha256": _sha256_file(so)})
         else:
             entry = prebuilt.get(name)
@@ -184,7 +220,10 @@ def _import_candidate(path: str):
 
 def _first_error_lines(text: str, limit: int = 600) -> str:
     """The compiler's FIRST error line(s): what a person needs to fix the kernel."""
-    lines = text.splitlines()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith(("collect2:", "ninja:", "FAILED:"))]
+    for line in lines:  # the linker's own message names the missing symbol or library
+        if "cannot find -l" in line or "undefined reference" in line or "undefined symbol" in line:
+            return line.strip()[:limit]
     for i, line in enumerate(lines):
         if " error:" in line or line.startswith("error:") or ": error " in line or "error: " in line:
             picked = [line.strip()] + [ln.strip() for ln in lines[i + 1 : i + 3] if ln.strip() and "error" not in ln.lower()]

@@ -69,9 +69,26 @@ def toolchain() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def cuda_home() -> str | None:
+    """$CUDA_HOME, else the toolkit that `nvcc` on PATH belongs to, else /usr/local/cuda."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:  # /usr/local/bin/nvcc may be a wrapper script: accept the dir only if it is a toolkit
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return "/usr/local/cuda" if os.path.isdir("/usr/local/cuda") else None
+
+
 def build_env() -> dict[str, str]:
     # One target arch per build, two nvcc jobs per build (the brief: MAX_JOBS=2).
-    return {"TORCH_CUDA_ARCH_LIST": arch(), "MAX_JOBS": "2"}
+    env = {"TORCH_CUDA_ARCH_LIST": arch(), "MAX_JOBS": "2"}
+    home = cuda_home()
+    if home:
+        env["CUDA_HOME"] = home
+    return env
 
 
 class Timer:
