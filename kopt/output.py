@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -98,8 +99,8 @@ def build_report(pool, options, sel: Selection, ttt_report: dict | None = None) 
             "class_name": task.class_name,
             "hash": task.hash,
             "sets": {k: v for k, v in task.sets},
-            "inputs": list(getattr(options, "inputs", None) or []),
-            "init_args": getattr(options, "init_args", None),
+            "inputs": list(task.inputs),
+            "init_args": json.loads(task.init_args) if task.init_args else None,
         },
         "target": pool.target,
         "device": fp.get("device"),
@@ -184,11 +185,13 @@ def write_kernel_dir(out_dir: Path, pool, report: dict[str, Any], force: bool = 
     report["task"] = {**report["task"], "target_from_kernel_dir": rel + (f":{cls}" if cls else "")}
     report["winner"] = {**w, "path": str(out_dir / "model_new.py")}
     kernel, kernel_name = kernel_source(c.code)
+    header = (f"# Written by kopt {__version__} for {report['task']['target']} "
+              f"(sample {w['index']}, {report['strategy']}); see report.json.\n")
+    model_new = header + c.code.rstrip() + "\n"
+    report["winner"]["model_new_sha256"] = hashlib.sha256(model_new.encode("utf-8")).hexdigest()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        header = (f"# Written by kopt {__version__} for {report['task']['target']} "
-                  f"(sample {w['index']}, {report['strategy']}); see report.json.\n")
-        (tmp / "model_new.py").write_text(header + c.code.rstrip() + "\n", encoding="utf-8")
+        (tmp / "model_new.py").write_text(model_new, encoding="utf-8")
         (tmp / kernel_name).write_text(kernel, encoding="utf-8")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(report, kernel_name), encoding="utf-8")

@@ -28,12 +28,15 @@ def _load_model_new(kernel_dir: Path) -> type:
     return module.ModelNew
 
 
-def _init_args(report: dict[str, Any]) -> Any:
+def _init_args(report: dict[str, Any], kernel_dir: Path) -> Any:
     from kopt.task import load_task
 
     task = report["task"]
     sets = [f"{k}={v!r}" for k, v in (task.get("sets") or {}).items()]
-    loaded = load_task(task["target"], inputs=task.get("inputs") or None,
+    # The reference as seen from the kernel dir works in any clone; the recorded target from where it ran.
+    rel = task.get("target_from_kernel_dir")
+    target = str(kernel_dir.resolve() / rel) if rel else task["target"]
+    loaded = load_task(target, inputs=task.get("inputs") or None,
                        init_args=json.dumps(task["init_args"]) if task.get("init_args") is not None else None,
                        sets=sets)
     namespace: dict[str, Any] = {}
@@ -60,7 +63,7 @@ def swap(model, kernel_dir: str | Path, cls: type | None = None):
     report = json.loads(report_path.read_text())
     class_name = report["task"]["class_name"]
     model_new = _load_model_new(kernel_dir)
-    init = _init_args(report)
+    init = _init_args(report, kernel_dir)
 
     def matches(module: torch.nn.Module) -> bool:
         return type(module) is cls if cls is not None else type(module).__name__ == class_name

@@ -117,6 +117,8 @@ class Task:
     sets: tuple[tuple[str, Any], ...] = ()
     search_path: str = ""  # directory added to sys.path so the user's own imports resolve
     hash: str = field(default="")
+    inputs: tuple[str, ...] = ()  # the --input specs as given (recorded so `kopt check` can rebuild the task)
+    init_args: str | None = None  # the --init-args JSON as given
 
     def write(self, directory: Path) -> Path:
         """Write the task module to `directory/task.py` (the form worker processes import)."""
@@ -270,6 +272,8 @@ def load_task(
         sets=frozen_sets,
         search_path=str(path.resolve().parent),
         hash=source_hash(source),
+        inputs=tuple(inputs or ()),
+        init_args=init_args,
     )
 
 
