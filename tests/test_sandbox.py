@@ -132,3 +132,62 @@ def test_background_child_does_not_survive_the_timeout(tmp_path):
     assert res.killed == "timeout"
     time.sleep(5)
     assert not marker.exists()
+
+
+# ---- CUDA compile stage on a machine without a GPU (nvcc only) ------------------------------------------
+
+CUDA_RELU = r'''
+import torch
+import torch.nn as nn
+from torch.utils.cpp_extension import load_inline
+
+cuda_src = r"""
+__global__ void relu_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+torch::Tensor relu_forward(torch::Tensor x) {
+    auto xc = x.contiguous();
+    auto y = torch::empty_like(xc);
+    int64_t n = xc.numel();
+    relu_kernel<<<(unsigned)((n + 255) / 256), 256>>>(xc.data_ptr<float>(), y.data_ptr<float>(), n);
+    return y;
+}
+"""
+ext = load_inline(name="relu_cuda", cpp_sources="torch::Tensor relu_forward(torch::Tensor x);",
+                  cuda_sources=cuda_src, functions=["relu_forward"])
+
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ext = ext
+
+    def forward(self, x):
+        return self.ext.relu_forward(x)
+'''
+
+
+@pytest.fixture
+def cuda_evaluator(shared_kopt_home, monkeypatch, kernelbench):
+    import shutil as _shutil
+
+    from kopt.evaluator import EvalSettings, Evaluator
+    from kopt.task import load_task
+
+    if not _shutil.which("nvcc"):
+        pytest.skip("nvcc is not installed")
+    monkeypatch.setenv("KOPT_HOME", str(shared_kopt_home))
+    task = load_task(str(kernelbench / "19_ReLU.py"), sets=["batch_size=16", "dim=4096"])
+    with Evaluator(task, EvalSettings(target="cuda", jobs=2)) as ev:
+        yield ev
+
+
+@pytest.mark.slow
+def test_cuda_candidate_compiles_with_nvcc_and_errors_are_captured(cuda_evaluator):
+    broken = CUDA_RELU.replace("if (i < n) y[i]", "if (i < n) undeclared_thing[i]")
+    ok, bad = cuda_evaluator.build([CUDA_RELU, broken])
+    assert ok.failure is None, ok.failure.reason
+    assert ok.extensions and len(ok.extensions[0][2]) == 64
+    assert bad.failure is not None and bad.failure.status.value == "compile_error"
+    assert "undeclared_thing" in bad.failure.reason and "error" in bad.failure.reason
