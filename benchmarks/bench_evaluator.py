@@ -57,7 +57,7 @@ def main() -> None:
             src = fresh()
             with Evaluator(task, settings) as plain:
                 plain._pch_ok = False
-                rows["compile cold, plain"].append(build_s(plain, src + "// plain\n", False))
+                rows["compile cold, plain"].append(build_s(plain, src + "# plain\n", False))
             rows["compile cold, PCH"].append(build_s(ev, src, True))
             with Evaluator(task, settings) as again:  # new evaluator: no in-memory cache, the build dir is reused
                 again._pch_ok = ev._pch_ok

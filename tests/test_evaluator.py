@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from kopt.evaluator import EvalSettings, Evaluator, judge
-from kopt.evaluator.sandbox import Limits, run_sandboxed
 from kopt.records import Status
 from kopt.task import load_task
 

@@ -74,7 +74,7 @@ def test_tcp_connect_to_localhost_server_fails():
             try:
                 conn, _ = server.accept()
                 accepted.append(conn)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 pass
 
     thread = threading.Thread(target=accept_loop, daemon=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,14 +17,14 @@ def register(app: typer.Typer) -> None:
 def eval_(
     target: str = typer.Argument(..., help="The task: path.py (its Model) or path.py:ClassName."),
     candidate: Path = typer.Argument(..., help="A Python file defining ModelNew (kernel via load_inline)."),
-    where: Optional[str] = options.Target,
+    where: str | None = options.Target,
     as_json: bool = options.Json,
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default per dtype: fp32 1e-4, half 1e-2)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default per dtype: fp32 1e-4, half 1e-2)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds allowed per check/time process (default 120)."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", help="Parallel compiles/checks (default 2)."),
+    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default per dtype: fp32 1e-4, half 1e-2)."),
+    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance (default per dtype: fp32 1e-4, half 1e-2)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds allowed per check/time process (default 120)."),
+    jobs: int | None = typer.Option(None, "--jobs", help="Parallel compiles/checks (default 2)."),
     inputs: options.InputList = options.Inputs,
-    init_args: Optional[str] = options.InitArgs,
+    init_args: str | None = options.InitArgs,
     sets: options.InputList = options.Sets,
 ) -> int:
     """Compile, check and time one candidate. Exit 0 when it is correct, 1 otherwise."""
@@ -55,7 +54,7 @@ def eval_(
         table = Table(show_header=True, header_style="bold")
         for col in ("status", "reason", "runtime", "reference", "speedup"):
             table.add_column(col)
-        ms = lambda v: f"{v:.4g} ms" if v is not None else "-"  # noqa: E731
+        ms = lambda v: f"{v:.4g} ms" if v is not None else "-"
         color = "green" if result.correct else "red"
         table.add_row(f"[{color}]{result.status.value}[/]", result.reason or "-", ms(result.runtime_ms),
                       ms(result.reference_runtime_ms), f"{result.speedup:.3g}x" if result.speedup else "-")

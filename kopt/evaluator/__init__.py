@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from kopt.errors import ConfigError, TaskError
 from kopt.records import EvalResult, Progress, Status, no_progress
@@ -237,7 +237,7 @@ class Evaluator:
             self._ref_outputs = None
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Evaluator":
+    def __enter__(self) -> Evaluator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -476,8 +476,6 @@ class Evaluator:
     def _check_one(self, i: int, source: str, build: BuildResult) -> EvalResult:
         import torch
 
-        from kopt.evaluator import judge
-
         base = dict(binary_sha256=self._binary_sha(build), compile_s=build.compile_s,
                     warnings=tuple(build.warnings) + tuple(self._ref_warnings), trials_total=len(self._ref_outputs))
         work = self.root / "work" / f"{i}-{_sha(source)[:12]}-check-{uuid.uuid4().hex[:6]}"
@@ -606,4 +604,4 @@ class Evaluator:
         return None
 
 
-__all__ = ["EvalSettings", "Evaluator", "BuildResult", "resolve_target"]
+__all__ = ["BuildResult", "EvalSettings", "Evaluator", "resolve_target"]

@@ -18,9 +18,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 # Variables a child may inherit (§4: "the env is an allowlist"). Everything else is dropped.
 ENV_ALLOW = (
@@ -305,4 +305,4 @@ def core_limits_note() -> str:
     return "prlimit" if shutil.which("prlimit") else "none"
 
 
-__all__ = ["Limits", "SandboxResult", "run_sandboxed", "detect_isolation", "MARK"]
+__all__ = ["MARK", "Limits", "SandboxResult", "detect_isolation", "run_sandboxed"]

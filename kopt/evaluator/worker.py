@@ -14,16 +14,16 @@ import time
 
 _perf_counter_ns = time.perf_counter_ns  # bound before anything else can patch it
 
-import contextlib  # noqa: E402
-import fcntl  # noqa: E402
-import hashlib  # noqa: E402
-import importlib.util  # noqa: E402
-import inspect  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
-from pathlib import Path  # noqa: E402
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
 
 _urandom = os.urandom
 _json_dump = json.dump
@@ -276,7 +276,7 @@ def _poison(torch, nbytes: int, device: str = "cpu") -> None:
 def _check(spec: dict, module, torch) -> tuple[dict, dict]:
     data = torch.load(spec["inputs"], weights_only=True)
     device = spec.get("device", "cpu")
-    cls = getattr(module, "ModelNew")
+    cls = module.ModelNew
     bufs: dict[tuple, object] = {}
     trials_out = []
     for t, trial in enumerate(data["trials"]):
@@ -337,7 +337,7 @@ def _time(spec: dict, module, torch, target) -> tuple[dict, dict]:
 
     data = torch.load(spec["inputs"], weights_only=True)
     trials = [data["trials"][i] for i in spec["time_trials"]]
-    model = _new_model(getattr(module, "ModelNew"), trials[0], torch, spec.get("device", "cpu"))
+    model = _new_model(module.ModelNew, trials[0], torch, spec.get("device", "cpu"))
     timer = target.Timer(clock=_perf_counter_ns)
     report = timing_loop(model, trials, timer, torch, spec["min_calls"], spec["min_time_s"], spec["nonce"],
                          keep=spec.get("keep", 8), rand=_urandom, clock=_perf_counter_ns,
