@@ -161,12 +161,13 @@ def _score_step(pool, indices: Sequence[int]) -> tuple[float | None, list[EvalRe
     return sample_fast_1(results), results
 
 
-def _describe(pool, step: int, indices: Sequence[int], score: float | None, results, **extra) -> StepReport:
+def _describe(pool, step: int, indices: Sequence[int], score: float | None, results, adapter: str | None = None,
+              **extra) -> StepReport:
     mode = pool.options.surprisal
     surprisals = [s for s in (pool.candidates[i].sample.surprisal(mode) for i in indices) if s is not None]
     reps = {pool.representative(i) for i in indices if pool.candidates[i].code is not None}
     return StepReport(
-        step=step, score=score, samples=len(indices),
+        step=step, score=score, adapter=adapter, samples=len(indices),
         correct=sum(r.status is Status.CORRECT for r in results),
         unique_kernels=len(reps),
         mean_surprisal=statistics.fmean(surprisals) if surprisals else None,

@@ -153,7 +153,7 @@ def test_lora_step_freezes_base_moves_lora_b_and_round_trips(trained_tiny_model_
 # ---- whole runs: real sampler, real evaluator ----------------------------------------------------------
 
 
-def _optimize(model_dir, sampler, out, steps=2, lr=1e-2):
+def _optimize(model_dir, sampler, out, steps=2, lr=2e-3):
     from kopt.pipeline import OptimizeOptions, RunOptions, optimize
     from kopt.task import load_task
 
