@@ -56,6 +56,7 @@ class RunOptions:
     prompt_template: Path | None = None
     surprisal: str = "mean"  # "mean" per token (what the paper's code ranks by) or "sum"
     enable_lora: bool = False
+    max_lora_rank: int = 16
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def sampler_params_for(options: RunOptions):
     return SamplerParams(model=options.model, temperature=options.temperature, max_tokens=options.max_tokens,
                          seed=options.seed, base_url=options.base_url, api_key_env=options.api_key_env,
                          api=options.api, samples_path=str(options.samples) if options.samples else None,
-                         enable_lora=options.enable_lora)
+                         enable_lora=options.enable_lora, max_lora_rank=options.max_lora_rank)
 
 
 def build_pool(task: Task, options: RunOptions, progress: Progress = no_progress, cache: Cache | None = None,

@@ -71,7 +71,7 @@ def optimize(
         target=cfg["target"], jobs=int(cfg["jobs"]), timeout_s=float(cfg["timeout"]),
         prompt_template=Path(cfg["prompt_template"]) if cfg["prompt_template"] else None,
         atol=cfg["atol"], rtol=cfg["rtol"], surprisal=cfg["surprisal"], no_cache=no_cache,
-        enable_lora=ttt_steps > 0,
+        enable_lora=ttt_steps > 0, max_lora_rank=lora_rank,
     )
     opts = OptimizeOptions(run=run, select=cfg["select"], top_m=int(cfg["top_m"]), adaptive=adaptive, out=out,
                            force=force, ttt_steps=ttt_steps, ttt_lr=ttt_lr, lora_rank=lora_rank, ttt_k=ttt_k,

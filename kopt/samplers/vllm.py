@@ -35,6 +35,8 @@ class VLLMSampler(Sampler):
         if not params.model:
             raise SamplerError("the vllm sampler needs a model", "pass --model DIR (a Hugging Face model dir or name)")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # kopt's stdout carries results (`--json`); vLLM logs to stdout by default.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         try:
             import torch
             import vllm
@@ -46,13 +48,18 @@ class VLLMSampler(Sampler):
             model=params.model,
             seed=params.seed,
             # Deliberate: log-probs of the raw logits, i.e. the model's own distribution at T=1, whatever the
-            # sampling temperature. That is the surprisal the paper ranks by (Barnes 2026, §3) and what the hf
+            # sampling temperature. That is the surprisal the paper ranks by (Barnes 2026, arXiv 2602.07670) and what the hf
             # backend computes, so the two agree token for token (vllm-cpu.md §2, "Which distribution").
             logprobs_mode="raw_logprobs",
             enable_lora=params.enable_lora,
         )
         if params.enable_lora:
-            kw.update(max_lora_rank=params.max_lora_rank, max_loras=1)
+            kw.update(max_lora_rank=_lora_rank_slot(params.max_lora_rank), max_loras=1)
+            if gpu:
+                # TTT trains beside the engine: sleep mode lets it free its weights and KV cache during the
+                # backward pass (ttt.md "Training and sampling rarely fit together on one GPU").
+                kw.update(enable_sleep_mode=True)
+        self._gpu = gpu
         if not gpu:
             kw.update(dtype="float32", kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
         try:
@@ -105,6 +112,15 @@ class VLLMSampler(Sampler):
             yield i, make_sample(c.text, ids, token_lp, prompt_token_ids=ro.prompt_token_ids or prompt_ids,
                                  finish_reason=finish, model=self.model_id(), logprobs_mode=RAW)
 
+    def sleep(self) -> None:
+        """Free GPU memory for a TTT training step (vLLM sleep mode; a no-op on the CPU backend)."""
+        if self._gpu and self.params.enable_lora and self.llm is not None:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self._gpu and self.params.enable_lora and self.llm is not None:
+            self.llm.wake_up()
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None:
@@ -118,3 +134,14 @@ class VLLMSampler(Sampler):
         import gc
 
         gc.collect()
+
+
+# vLLM accepts only these LoRA ranks for max_lora_rank (ttt.md §3); use the smallest that fits.
+_LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _lora_rank_slot(rank: int) -> int:
+    for slot in _LORA_RANK_SLOTS:
+        if slot >= rank:
+            return slot
+    raise SamplerError(f"LoRA rank {rank} is above vLLM's maximum of 512", "use --lora-rank 512 or less")
