@@ -1,0 +1,178 @@
+"""`kopt optimize` end to end on the CPU: replay pool -> real compiles -> real checks -> timing -> winner.
+
+The examples' hand-written gelu pool has correct kernels of different speed, wrong ones, one that does not
+compile, a duplicate and an answer without code. One KOPT_HOME is shared by the module so every candidate
+compiles once; each test that needs a cold start says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GELU = REPO / "examples" / "gelu"
+K = 11
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("optimize-home")
+
+
+def kopt(args: list[str], home: Path, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KOPT_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "kopt", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=kw.pop("timeout", 900), **kw)
+
+
+def optimize_args(out: Path, *extra: str, samples: Path = GELU / "samples_cpu.jsonl") -> list[str]:
+    return ["optimize", str(GELU / "task.py"), "--sampler", "replay", "--samples", str(samples), "--k", str(K),
+            "--target", "cpu", "--out", str(out), "--json", *extra]
+
+
+def cache_info(home: Path, cwd: Path) -> dict:
+    proc = kopt(["cache", "info", "--json"], home, cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def first_run(home, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("work")
+    out = cwd / "kernels" / "gelu"
+    proc = kopt(optimize_args(out), home, cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, out, json.loads(proc.stdout), cache_info(home, cwd)
+
+
+def test_winner_is_written_with_a_measured_speedup(first_run):
+    cwd, out, report, _ = first_run
+    statuses = [c["status"] for c in report["candidates"]]
+    assert len(statuses) == K
+    assert statuses.count("compile_error") == 1
+    assert statuses.count("incorrect") >= 3  # wrong constant, missing 0.5, erf GELU
+    assert statuses.count("no_code") == 1
+    dups = [c for c in report["candidates"] if c["duplicate_of"] is not None]
+    assert len(dups) == 1 and dups[0]["duplicate_of"] == 1
+    w = report["winner"]
+    assert report["candidates"][w["index"]]["status"] == "correct"
+    assert w["runtime_ms"] > 0 and w["reference_runtime_ms"] > 0
+    assert w["speedup"] == pytest.approx(w["reference_runtime_ms"] / w["runtime_ms"], rel=1e-6)
+    # surprisal-top-m times at most m=3 candidates, and they are the most surprising correct ones.
+    correct = [c for c in report["candidates"] if c["status"] == "correct" and c["duplicate_of"] is None]
+    top3 = sorted(correct, key=lambda c: (-c["surprisal"], c["index"]))[:3]
+    assert sorted(report["timed"]) == sorted(c["index"] for c in top3)
+    assert w["index"] in report["timed"]
+    for name in ("model_new.py", "kernel.cpp", "report.json", "README.md", "samples.jsonl"):
+        assert (out / name).is_file(), name
+    assert "#include <torch/extension.h>" in (out / "kernel.cpp").read_text()
+    assert json.loads((out / "report.json").read_text())["winner"]["index"] == w["index"]
+    assert len((out / "samples.jsonl").read_text().splitlines()) == K
+    assert Path(report["run_dir"], "samples.jsonl").is_file()
+
+
+def test_rerun_is_a_full_cache_hit(first_run, home):
+    cwd, out, report, _ = first_run
+    proc = kopt(optimize_args(out, "--force"), home, cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(proc.stdout)
+    last = cache_info(home, cwd)["last_run"]
+    # Nothing compiled, checked or timed: every verdict came from the cache.
+    assert last["misses"].get("check", 0) == 0 and last["misses"].get("time", 0) == 0
+    assert last["hits"]["check"] == 9 and last["hits"]["time"] >= 3
+    assert again["winner"] == {**report["winner"]}
+    assert [c["status"] for c in again["candidates"]] == [c["status"] for c in report["candidates"]]
+
+
+def test_existing_output_is_never_overwritten_silently(first_run, home):
+    cwd, out, _, _ = first_run
+    before = (out / "report.json").read_text()
+    proc = kopt(optimize_args(out), home, cwd)
+    assert proc.returncode == 1
+    assert "already exists" in proc.stderr and "--force" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "report.json").read_text() == before
+
+
+def test_swap_puts_the_kernel_into_a_model(first_run):
+    cwd, out, _, _ = first_run
+    script = f"""
+import sys, torch, torch.nn as nn
+sys.path.insert(0, {str(GELU)!r})
+import importlib.util
+spec = importlib.util.spec_from_file_location("gelu_task", {str(GELU / 'task.py')!r})
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+net = nn.Sequential(nn.Linear(16, 16), m.Model(), nn.Linear(16, 4))
+x = torch.randn(8, 16)
+with torch.no_grad():
+    ref = net(x)
+import kopt
+kopt.swap(net, {str(out)!r})
+assert type(net[1]).__name__ == "ModelNew", type(net[1])
+with torch.no_grad():
+    got = net(x)
+torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+print("swapped")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "swapped" in proc.stdout
+
+
+def test_no_correct_candidate_exits_1_with_counts(home, tmp_path):
+    lines = [json.loads(x) for x in (GELU / "samples_cpu.jsonl").read_text().splitlines()]
+    bad = [x for x in lines if "incorrect" in x["note"] or "does not compile" in x["note"]]
+    samples = tmp_path / "bad.jsonl"
+    samples.write_text("".join(json.dumps(x) + "\n" for x in bad))
+    args = optimize_args(tmp_path / "out", samples=samples)
+    args[args.index("--k") + 1] = str(len(bad))
+    proc = kopt(args, home, tmp_path)
+    assert proc.returncode == 1
+    assert "no correct candidate" in proc.stderr and "compile_error" in proc.stderr and "incorrect" in proc.stderr
+    assert "most common compile error" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_surprisal_needs_logprobs(home, tmp_path):
+    lines = [json.loads(x) for x in (GELU / "samples_cpu.jsonl").read_text().splitlines()]
+    samples = tmp_path / "nolp.jsonl"
+    samples.write_text("".join(json.dumps({"text": x["text"]}) + "\n" for x in lines))
+    proc = kopt(optimize_args(tmp_path / "out", samples=samples), home, tmp_path)
+    assert proc.returncode == 1 and "log-prob" in proc.stderr and "Traceback" not in proc.stderr
+    # The same pool with --select oracle works without log-probabilities.
+    ok = kopt(optimize_args(tmp_path / "out2", "--select", "oracle", samples=samples), home, tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(ok.stdout)["strategy"] == "oracle"
+
+
+def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
+    home = tmp_path / "home"
+    env = {**os.environ, "KOPT_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "kopt", *optimize_args(tmp_path / "out", "--jobs", "1")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    # Wait until at least two verdicts are cached, then kill the whole run group hard.
+    deadline = time.monotonic() + 600
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(2)
+        info = kopt(["cache", "info", "--json"], home, tmp_path)
+        done = json.loads(info.stdout)["entries"].get("check", 0) if info.returncode == 0 else 0
+        if done >= 2:
+            break
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done >= 2
+    resumed = kopt(optimize_args(tmp_path / "out"), home, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = cache_info(home, tmp_path)["last_run"]
+    assert last["hits"]["check"] >= done
+    assert last["hits"]["check"] + last["misses"]["check"] == 9
