@@ -3,7 +3,7 @@
 Every backend draws sample i with its own seed, derive_seed(seed, i), so one index can be re-drawn alone (the
 cache stores samples per index; an interrupted run re-draws only the missing ones) and the pools for two
 seeds share nothing. Log-probs are the model's own at T=1 ("raw"): surprisal under the model, what the paper
-ranks by (Barnes 2026, §3), not the tempered sampling distribution (vllm-cpu.md §2, "Which distribution").
+ranks by (Barnes 2026, §4.5 "Selection Strategies"), not the tempered sampling distribution (vllm-cpu.md §2, "Which distribution").
 """
 
 from __future__ import annotations
