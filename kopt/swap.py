@@ -7,6 +7,7 @@ buffers), so a trained model keeps its parameters.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -24,8 +25,26 @@ def _load_model_new(kernel_dir: Path) -> type:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)  # compiles (or loads the cached build of) the kernel
+    with _keep_precompiled_header():
+        spec.loader.exec_module(module)  # compiles (or loads the cached build of) the kernel
     return module.ModelNew
+
+
+@contextlib.contextmanager
+def _keep_precompiled_header():
+    """torch's load_inline(use_pch=False) deletes torch/extension.h.gch, the precompiled header kopt's
+    evaluator builds once (~50 s) to halve every later compile; loading a kernel must not throw it away."""
+    import torch.utils.cpp_extension as cx
+
+    remove = getattr(cx, "remove_extension_h_precompiler_headers", None)
+    if remove is None:
+        yield
+        return
+    cx.remove_extension_h_precompiler_headers = lambda: None
+    try:
+        yield
+    finally:
+        cx.remove_extension_h_precompiler_headers = remove
 
 
 def _init_args(report: dict[str, Any], kernel_dir: Path) -> Any:
