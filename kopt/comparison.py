@@ -6,7 +6,22 @@ correct candidate once (the oracle needs them all; timings are cached too), then
 candidates it asked to time. `random` is scored as its expected value over the correct set, not one draw
 (issue 4). Metrics come from `kopt.metrics`, which cites the paper beside each formula.
 
-The scoring (`score_pool`) is pure; `run_compare` is the only part that samples and evaluates.
+The scoring (`score_pool`, `ttt_budget`, `score_ttt`) is pure; `run_compare` is the only part that samples,
+trains and evaluates.
+
+The TTT arm (`--ttt-steps N`, issue 4 "TTT with Best-of-Adaptation under a matched rollout budget"):
+- matched rollout budget: TTT gets at most the K samples Best-of-N gets. Its base step (step 0) is the
+  pool's first ttt_k samples and each of the N steps draws ttt_k more, so (N+1)·ttt_k ≤ K; ttt_k defaults
+  to K // (N+1) and must be at least 2 (leave-one-out advantages). `ttt_budget` does the arithmetic;
+- it runs on its own pool: a copy of the base pool's first ttt_k samples (same lines, same verdicts and
+  timings) in a folder of its own under the base run directory, so `kopt.ttt.adapt` can append each step's
+  samples to it while the other strategies keep exactly the K base samples;
+- outcome (`score_ttt`): Best-of-Adaptation ranks the steps by the sample-level fast_1 of each step's batch
+  (Barnes 2026 §3.5, Algorithm 1) and keeps the best; kopt then picks the fastest correct candidate of
+  that step's batch, as the oracle would within the batch. Scoring a step needs every correct candidate
+  of its batch timed, so the cost is every correct candidate timed across all steps run (the base step
+  included), not 1. The pick's index is a line in the TTT pool's samples file (its path is in the pick);
+- equivalent K is read off the same Best-of-N curve (the base pool's K samples) as for every strategy.
 """
 
 from __future__ import annotations
@@ -23,19 +38,68 @@ from kopt.errors import KoptError
 from kopt.records import EvalResult, Progress, Scored, Selection, Status, no_progress
 from kopt.selection import STRATEGIES, eligible, logprob_std, select
 
-# The order of issue 4 and of every table and JSON object ("ttt" joins once --ttt-steps exists).
+# The order of issue 4 and of every table and JSON object. "ttt" comes last and only with --ttt-steps.
 ALL_STRATEGIES = ("oracle", "random", "confidence", "surprisal", "surprisal-top-m")
+TTT = "ttt"
+# Samplers that cannot serve the TTT arm: replay has no model to adapt, openai takes no LoRA adapter and
+# need not return token ids (training uses the sampler's own ids, never re-tokenised text).
+NO_TTT_SAMPLERS = ("replay", "openai")
 
 
-def parse_strategies(text: str | None) -> list[str]:
+def parse_strategies(text: str | None, ttt_steps: int = 0) -> list[str]:
+    """Strategy names in the canonical order. `all` includes "ttt" only when `ttt_steps` > 0."""
+    order = list(ALL_STRATEGIES) + [TTT]
     if not text or text.strip() == "all":
-        return list(ALL_STRATEGIES)
+        return list(ALL_STRATEGIES) + ([TTT] if ttt_steps > 0 else [])
     names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [n for n in names if n not in STRATEGIES]
+    bad = [n for n in names if n not in STRATEGIES and n != TTT]
     if bad or not names:
         raise KoptError(f"unknown strategy {', '.join(bad) or text!r}",
-                        f"use all or a comma-separated list of: {', '.join(ALL_STRATEGIES)}")
-    return [n for n in ALL_STRATEGIES if n in names]
+                        f"use all or a comma-separated list of: {', '.join(order)}")
+    if TTT in names and ttt_steps < 1:
+        raise KoptError("strategy ttt needs --ttt-steps",
+                        "add --ttt-steps 1 (or 2) with --sampler hf|vllm --model DIR")
+    return [n for n in order if n in names]
+
+
+@dataclass(frozen=True)
+class TTTOptions:
+    """`kopt compare`'s TTT arm: the flags of `kopt optimize --ttt-steps` (kopt/ttt.py), with `k` (= --ttt-k)
+    None meaning "K // (steps + 1)", the largest matched budget."""
+
+    steps: int
+    lr: float = 1e-5
+    lora_rank: int = 16
+    k: int | None = None
+    patience: int = 1
+
+
+def ttt_budget(k: int, steps: int, ttt_k: int | None = None) -> int:
+    """Samples per TTT step under a rollout budget matched to Best-of-N's K: (steps + 1)·ttt_k ≤ K.
+
+    Step 0 (the base model) is the first ttt_k samples of the K-sample pool and each TTT step draws ttt_k
+    more, so TTT never sees more samples than Best-of-N. Default: K // (steps + 1). At least 2 per step:
+    the advantages are leave-one-out within the step's batch (kopt/ttt.py)."""
+    if steps < 1:
+        raise KoptError(f"--ttt-steps must be at least 1 for the ttt strategy, got {steps}", "e.g. --ttt-steps 1")
+    rounds = steps + 1
+    if ttt_k is None:
+        ttt_k = k // rounds
+        if ttt_k < 2:
+            raise KoptError(
+                f"--k {k} leaves {ttt_k} sample(s) per TTT round for --ttt-steps {steps}: the matched budget "
+                f"is (steps + 1)·ttt_k ≤ K and each round needs at least 2",
+                f"use --k {2 * rounds} or more, or fewer --ttt-steps")
+        return ttt_k
+    if ttt_k < 2:
+        raise KoptError(f"--ttt-k must be at least 2 (advantages are leave-one-out), got {ttt_k}",
+                        f"leave --ttt-k out to use K // (steps + 1) = {k // rounds}")
+    if rounds * ttt_k > k:
+        raise KoptError(
+            f"--ttt-k {ttt_k} with --ttt-steps {steps} draws {rounds * ttt_k} samples, more than --k {k}: "
+            "TTT's rollout budget is matched to Best-of-N's K ((steps + 1)·ttt_k ≤ K)",
+            f"use --ttt-k {k // rounds} or less, or a larger --k")
+    return ttt_k
 
 
 @dataclass(frozen=True)
@@ -52,10 +116,20 @@ class Outcome:
     correct: float | None
     cost: float
     notes: tuple[str, ...] = ()
+    # ttt only: the step the pick was drawn at, the samples file its index refers to (the TTT pool's, not
+    # the base pool's), and the run's budget and per-step scores (results.json strategies.ttt.runs).
+    step: int | None = None
+    samples_path: str | None = None
+    detail: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "seed": self.seed, "index": self.pick, "speedup": self.speedup,
-                "fast_1": self.fast_1, "correct": self.correct, "cost": self.cost, "notes": list(self.notes)}
+        d = {"task": self.task, "seed": self.seed, "index": self.pick, "speedup": self.speedup,
+             "fast_1": self.fast_1, "correct": self.correct, "cost": self.cost, "notes": list(self.notes)}
+        if self.step is not None:
+            d["step"] = self.step
+        if self.samples_path is not None:
+            d["samples_path"] = self.samples_path
+        return d
 
 
 @dataclass(frozen=True)
@@ -130,6 +204,8 @@ def score_pool(
         raise ValueError(f"score_pool needs every correct candidate timed; missing {missing}")
     outcomes: list[Outcome] = []
     for name in strategies:
+        if name == TTT:  # scored on its own pool by score_ttt
+            continue
         if name == "random":
             outcomes.append(_random_expected(task, seed, pool, timings, top_m))
             continue
@@ -172,6 +248,84 @@ def score_pool(
     return stats, outcomes
 
 
+def _runtime_order(index: int, result: EvalResult) -> tuple[float, int]:
+    # As the oracle ranks (kopt/selection.py): lowest median runtime, then lowest index.
+    rt = result.runtime_ms
+    return (rt if rt is not None and math.isfinite(rt) else math.inf, index)
+
+
+def score_ttt(
+    task: str,
+    seed: int,
+    report: Mapping[str, Any],
+    sample_steps: Sequence[int],
+    representatives: Sequence[int],
+    timed: Mapping[int, EvalResult],
+    *,
+    k: int,
+    ttt_k: int,
+    samples_path: str = "",
+) -> Outcome:
+    """The ttt strategy's outcome on one (task, seed), from `kopt.ttt.adapt`'s report and the TTT pool.
+
+    `sample_steps[i]` and `representatives[i]` are sample i's TTT step and the index of the first sample
+    with the same code (i itself when unique); `timed` maps each representative that was timed to its timed
+    result (every correct candidate of every step run: that is what scoring the steps costs).
+
+    Best-of-Adaptation chose `report["chosen_step"]` by its batch's sample-level fast_1 (Barnes 2026 §3.5);
+    the pick is the fastest candidate of that batch that stayed correct when timed (ties: the lower index),
+    as the oracle picks within a pool. A duplicate counts as drawn at this step: its index is its own line.
+    Cost = candidates timed across all steps (len(timed)).
+    """
+    chosen = int(report.get("chosen_step") or 0)
+    steps = list(report.get("steps") or [])
+    batch = [i for i, s in enumerate(sample_steps) if s == chosen]
+    ok = {i: timed[representatives[i]] for i in batch
+          if representatives[i] in timed and timed[representatives[i]].status is Status.CORRECT}
+    pick = min(ok, key=lambda i: _runtime_order(i, ok[i])) if ok else None
+    r = ok.get(pick) if pick is not None else None
+
+    per_step = []
+    for st in steps:
+        s = st.get("step")
+        idx = [i for i, x in enumerate(sample_steps) if x == s]
+        good = {i: timed[representatives[i]] for i in idx
+                if representatives[i] in timed and timed[representatives[i]].status is Status.CORRECT}
+        best = min(good, key=lambda i: _runtime_order(i, good[i])) if good else None
+        per_step.append({
+            "step": s, "score": st.get("score"), "samples": st.get("samples", len(idx)),
+            "correct": st.get("correct"), "unique_kernels": st.get("unique_kernels"),
+            "mean_surprisal": st.get("mean_surprisal"), "logprob_std": st.get("logprob_std"),
+            "reward_mean": st.get("reward_mean"), "loss": st.get("loss"), "adapter": st.get("adapter"),
+            "best_index": best, "best_speedup": good[best].speedup if best is not None else None,
+            "timed_kernels": len({representatives[i] for i in idx if representatives[i] in timed}),
+        })
+    rounds = len(steps) or 1
+    requested = int((report.get("params") or {}).get("steps") or max(0, rounds - 1))
+    budget = {"k": k, "ttt_k": ttt_k, "steps": requested, "budget_samples": (requested + 1) * ttt_k,
+              "samples_used": len(sample_steps), "rule": "(steps + 1) * ttt_k <= k"}
+    notes = [f"TTT: step 0 = first {ttt_k} of the K={k} samples, {ttt_k} more per step; ran {rounds - 1} of "
+             f"{requested} step(s) (stopped: {report.get('stopped')}), used {len(sample_steps)} samples; "
+             f"Best-of-Adaptation chose step {chosen}"]
+    if pick is None:
+        notes.append(f"TTT: no candidate of step {chosen} stayed correct when timed")
+    detail = {"task": task, "seed": seed, "samples_path": samples_path, "budget": budget,
+              "chosen_step": chosen, "chosen_score": report.get("chosen_score"),
+              "chosen_adapter": report.get("chosen_adapter"), "stopped": report.get("stopped"),
+              "params": dict(report.get("params") or {}), "steps": per_step}
+    return Outcome(
+        TTT, task, seed, pick,
+        speedup=r.speedup if r is not None else None,
+        fast_1=1.0 if M.is_fast(r) else 0.0,
+        correct=1.0 if pick is not None else 0.0,
+        cost=float(len(timed)),
+        notes=tuple(notes),
+        step=chosen if pick is not None else None,
+        samples_path=samples_path or None,
+        detail=detail,
+    )
+
+
 # ---- aggregation ----
 
 
@@ -186,8 +340,13 @@ class StrategySummary:
     equivalent_k: M.EquivalentK | None
     picks: tuple[Outcome, ...]
 
+    @property
+    def runs(self) -> list[Mapping[str, Any]]:
+        """ttt: one entry per (task, seed) with the budget, per-step scores and the chosen step."""
+        return [o.detail for o in self.picks if o.detail is not None]
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "fast_1": self.fast_1.to_json(),
             "mean_speedup": self.mean_speedup.to_json(),
             "geomean_speedup": self.geomean_speedup,
@@ -196,6 +355,9 @@ class StrategySummary:
             "equivalent_k": self.equivalent_k.to_json() if self.equivalent_k else None,
             "picks": [o.to_json() for o in self.picks],
         }
+        if self.runs:
+            d["runs"] = [dict(r) for r in self.runs]
+        return d
 
 
 @dataclass(frozen=True)
@@ -316,6 +478,51 @@ def samples_for(samples: Path | None, task: Any, label: str, target: str, n_task
     return samples
 
 
+def _ttt_pool(base: Any, ttt_k: int, run_dir: Path) -> Any:
+    """A pool holding the base pool's first ttt_k samples (same lines, candidates, verdicts and timings) in
+    `run_dir`, for `kopt.ttt.adapt` to extend with each step's samples. The base pool is left untouched, so
+    the other strategies still see exactly its K samples; copying the timings (rather than re-timing) keeps
+    step 0's numbers identical to the ones the oracle saw, even with --no-cache."""
+    from kopt.pipeline import Pool, _write_jsonl_atomic
+
+    pool = Pool(base.task, dataclasses.replace(base.options, k=ttt_k), base.target, base.cache, base.progress,
+                run_dir, base.prompt, base.sampler_name, base.model_id)
+    pool.samples = list(base.samples[:ttt_k])
+    pool.candidates = list(base.candidates[:ttt_k])  # a duplicate points at an earlier index: still inside
+    pool.checked = {i: r for i, r in base.checked.items() if i < ttt_k}
+    pool.timed = {i: r for i, r in base.timed.items() if i < ttt_k}
+    pool._fingerprint = base._fingerprint
+    _write_jsonl_atomic(pool.samples_path, [x.to_json() for x in pool.samples])
+    return pool
+
+
+def _check_ttt(run: Any, ttt: TTTOptions | None, strategies: Sequence[str]) -> int | None:
+    """Refuse a TTT arm that cannot run before anything is sampled; return ttt_k (None without ttt)."""
+    if TTT not in strategies:
+        return None
+    if ttt is None or ttt.steps < 1:
+        raise KoptError("strategy ttt needs --ttt-steps", "add --ttt-steps 1 (or 2) with --sampler hf|vllm --model DIR")
+    from kopt.pipeline import sampler_params_for
+    from kopt.samplers import default_sampler
+
+    name = run.sampler or default_sampler(sampler_params_for(run))
+    if name in NO_TTT_SAMPLERS:
+        raise KoptError(
+            f"the ttt strategy needs a sampler that returns token ids and takes LoRA adapters; {name} does not",
+            "use --sampler hf or --sampler vllm with --model DIR (or drop --ttt-steps / ttt from --strategies)")
+    if not run.model:
+        raise KoptError("the ttt strategy needs the model's weights", "pass --model DIR (a Hugging Face model dir)")
+    return ttt_budget(run.k, ttt.steps, ttt.k)
+
+
+def _ttt_dir(base_run_dir: Path, ttt: TTTOptions, ttt_k: int) -> Path:
+    ident = json.dumps({"steps": ttt.steps, "lr": ttt.lr, "rank": ttt.lora_rank, "k": ttt_k,
+                        "patience": ttt.patience}, sort_keys=True)
+    import hashlib
+
+    return base_run_dir / f"compare-ttt-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
 def run_compare(
     tasks: Sequence[Any],
     run: Any,
@@ -325,15 +532,25 @@ def run_compare(
     top_m: int = 3,
     progress: Progress = no_progress,
     cache: Any = None,
+    ttt: TTTOptions | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> CompareResult:
-    """Build each (task, seed) pool, time every correct candidate once, score every strategy on it."""
-    from kopt.cache import Cache
-    from kopt.pipeline import build_pool, resolve_target
+    """Build each (task, seed) pool, time every correct candidate once, score every strategy on it.
 
+    With "ttt" in `strategies`, TTT (kopt/ttt.py) then runs on a copy of the pool's first ttt_k samples
+    (see the module docstring: matched rollout budget, outcome, cost)."""
+    from kopt.cache import Cache
+    from kopt.pipeline import OptimizeOptions, build_pool, resolve_target
+
+    warn = warn or (lambda msg: None)
     if not tasks:
         raise KoptError("no tasks to compare", "pass task files, directories or --kernelbench DIR --ids ...")
     if top_m < 1:
         raise KoptError(f"--top-m must be at least 1, got {top_m}", "use --top-m 3 (the paper's setting)")
+    ttt_k = _check_ttt(run, ttt, strategies)
+    if ttt_k is not None and ttt is not None and ttt.steps > 2:
+        warn(f"--ttt-steps {ttt.steps}: the paper finds 1-2 steps best; more over-sharpens the model "
+             "(Barnes 2026, best-of-adaptation results)")
     target = resolve_target(run.target)
     own_cache = cache is None
     cache = cache or Cache(enabled=not run.no_cache)
@@ -346,8 +563,11 @@ def run_compare(
             samples = samples_for(run.samples, task, label, target, len(tasks))
             for seed in seeds:
                 opts = dataclasses.replace(run, seed=int(seed), samples=samples)
-                pool = build_pool(task, opts, progress, cache=cache)
+                # One sampler per (task, seed): its parameters carry the seed. TTT reuses it for its steps.
+                holder: dict[str, Any] = {}
+                pool = tpool = None
                 try:
+                    pool = build_pool(task, opts, progress, cache=cache, sampler_holder=holder)
                     scored = pool.scored(run.surprisal)
                     good = [s.index for s in eligible(scored)]
                     timings = pool.time(good) if good else {}
@@ -361,17 +581,40 @@ def run_compare(
                     )
                     evaluated += pool.evaluated_now
                     timed += pool.timed_now
+                    if ttt_k is not None and ttt is not None:
+                        from kopt import ttt as ttt_mod
+
+                        tpool = _ttt_pool(pool, ttt_k, _ttt_dir(pool.run_dir, ttt, ttt_k))
+                        topts = OptimizeOptions(run=opts, ttt_steps=ttt.steps, ttt_lr=ttt.lr,
+                                                lora_rank=ttt.lora_rank, ttt_k=ttt_k, ttt_patience=ttt.patience)
+                        report = ttt_mod.adapt(tpool, topts, progress=progress, warn=warn, sampler_holder=holder)
+                        n = len(tpool.candidates)
+                        outs.append(score_ttt(
+                            label, int(seed), report, [c.step for c in tpool.candidates],
+                            [tpool.representative(i) for i in range(n)], dict(tpool.timed),
+                            k=k, ttt_k=ttt_k, samples_path=str(tpool.samples_path)))
+                        evaluated += tpool.evaluated_now
+                        timed += tpool.timed_now
                 finally:
-                    pool.close()
+                    for p in (tpool, pool):
+                        if p is not None:
+                            p.close()
+                    sampler = holder.get("sampler")
+                    if sampler is not None:
+                        sampler.close()
                 pools.append(stats)
                 outcomes.extend(outs)
     finally:
         if own_cache:
             cache.close()
+    params: dict[str, Any] = {"target": target, "surprisal": run.surprisal, "temperature": run.temperature,
+                              "sampler": run.sampler, "model": run.model}
+    if ttt_k is not None and ttt is not None:
+        params["ttt"] = {"steps": ttt.steps, "ttt_k": ttt_k, "lr": ttt.lr, "lora_rank": ttt.lora_rank,
+                         "patience": ttt.patience, "budget_samples": (ttt.steps + 1) * ttt_k, "k": run.k,
+                         "rule": "(steps + 1) * ttt_k <= k"}
     return summarize(pools, outcomes, strategies, k=run.k, seeds=seeds, top_m=top_m, tasks=labels,
-                     evaluated_now=evaluated, timed_now=timed,
-                     params={"target": target, "surprisal": run.surprisal, "temperature": run.temperature,
-                             "sampler": run.sampler, "model": run.model})
+                     evaluated_now=evaluated, timed_now=timed, params=params)
 
 
 # ---- report files ----
@@ -419,8 +662,8 @@ def report_markdown(result: CompareResult, scaling_png: str, bars_png: str) -> s
         "",
         f"{len(result.tasks)} task(s) x {len(result.seeds)} seed(s) ({', '.join(map(str, result.seeds))}), "
         f"K={result.k}, top-m={result.top_m}, target {result.params.get('target', '')}. Every strategy is scored "
-        "on the same pool; cost = candidates it had to time (random: expected). Method: Barnes 2026, "
-        "arXiv 2602.07670.",
+        "on the same pool; cost = candidates it had to time (random: expected; ttt: every correct candidate "
+        "of every TTT step). Method: Barnes 2026, arXiv 2602.07670.",
         "",
         "| strategy | fast_1 | seed spread (std) | mean speedup | geomean speedup | correct | cost | equivalent K |",
         "|---|---|---|---|---|---|---|---|",
@@ -455,5 +698,39 @@ def report_markdown(result: CompareResult, scaling_png: str, bars_png: str) -> s
     for p in result.pools:
         lines.append(f"| {p.task} | {p.seed} | {p.k} | {p.unique} | {p.correct} | {_fmt(p.logprob_std, '.2f')} | "
                      f"`{p.samples_path}` |")
-    lines += ["", "Picks per strategy, task and seed: results.csv / results.json (\"index\" = line in the samples file).", ""]
+    lines += ttt_markdown(result)
+    lines += ["", "Picks per strategy, task and seed: results.csv / results.json (\"index\" = line in the samples file;",
+              "for ttt, in the TTT run's own samples file, `samples_path` in its pick).", ""]
     return "\n".join(lines)
+
+
+def ttt_markdown(result: CompareResult) -> list[str]:
+    """The report's TTT section: the matched budget, how the outcome and cost are defined, per-step scores."""
+    s = next((x for x in result.strategies if x.strategy == TTT), None)
+    if s is None:
+        return []
+    b = result.params.get("ttt") or {}
+    lines = [
+        "",
+        "## TTT with Best-of-Adaptation",
+        "",
+        f"Matched rollout budget: TTT draws no more samples than Best-of-N's K={result.k}. Step 0 (the base "
+        f"model) is the first ttt_k={b.get('ttt_k')} samples of the same pool, and each of the "
+        f"{b.get('steps')} step(s) trains one LoRA GRPO step (lr {b.get('lr')}, rank {b.get('lora_rank')}) on the "
+        f"previous batch and draws ttt_k more: (steps + 1) x ttt_k = {b.get('budget_samples')} <= K. "
+        f"Best-of-Adaptation (patience {b.get('patience')}) keeps the step whose batch has the best sample-level "
+        "fast_1 (Barnes 2026 §3.5); the ttt pick is the fastest correct candidate of that step's batch. Its cost "
+        "is every correct candidate timed across all steps run, which scoring the steps requires. TTT runs on "
+        "its own copy of the pool, so the other strategies are scored on exactly the K base samples.",
+        "",
+        "| task | seed | ttt_k | samples used | step scores (fast_1) | chosen step | stopped | pick | speedup | cost |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in s.picks:
+        d = o.detail or {}
+        scores = ", ".join(f"{st['step']}: {_fmt(st['score'])}" for st in d.get("steps", []))
+        lines.append(f"| {o.task} | {o.seed} | {d.get('budget', {}).get('ttt_k', '-')} | "
+                     f"{d.get('budget', {}).get('samples_used', '-')} | {scores} | {d.get('chosen_step', '-')} | "
+                     f"{d.get('stopped', '-')} | {'-' if o.pick is None else o.pick} | {_fmt(o.speedup, '.2f')} | "
+                     f"{o.cost:g} |")
+    return lines

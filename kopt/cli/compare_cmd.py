@@ -4,6 +4,8 @@ TARGETs: task files, file.py:Class, directories of task files, or `--kernelbench
 `--split eval|train` (ids from split_l1_seed42.json beside DIR's level folder) or `--split-file FILE`.
 Replay: `--samples FILE` for one task, or `--samples DIR` holding `<task name>.jsonl` per task (or
 `<task>/samples_<target>.jsonl`, the layout of kopt's examples/).
+TTT arm: `--ttt-steps N` (with `--sampler hf|vllm --model DIR`) adds strategy `ttt`: LoRA test-time training
+with Best-of-Adaptation under a rollout budget matched to K ((N+1)·ttt_k ≤ K; see kopt/comparison.py).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def expand_targets(targets: list[str]) -> list[str]:
 
 def compare(
     targets: Optional[List[str]] = typer.Argument(None, help="Task files, file.py:Class or folders of task files."),
-    strategies: str = typer.Option("all", "--strategies", help="all, or a comma-separated list: oracle,random,confidence,surprisal,surprisal-top-m."),
+    strategies: str = typer.Option("all", "--strategies", help="all, or a comma-separated list: oracle,random,confidence,surprisal,surprisal-top-m,ttt (all includes ttt only with --ttt-steps)."),
     k: Optional[int] = typer.Option(None, "--k", help="Samples per task and seed (default 64, as in the paper)."),
     seeds: str = typer.Option("42", "--seeds", help="Comma-separated sampling seeds, e.g. 42,43,44."),
     top_m: int = typer.Option(3, "--top-m", help="m for surprisal-top-m (default 3)."),
@@ -106,17 +108,24 @@ def compare(
     inputs: options.InputList = options.Inputs,
     init_args: Optional[str] = options.InitArgs,
     sets: options.InputList = options.Sets,
+    ttt_steps: int = typer.Option(0, "--ttt-steps", help="Add the ttt strategy: LoRA TTT steps with Best-of-Adaptation (0: off; 1-2 recommended)."),
+    ttt_lr: float = typer.Option(1e-5, "--ttt-lr", help="TTT learning rate (paper: 1e-5)."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="TTT LoRA rank (paper: 16)."),
+    ttt_k: Optional[int] = typer.Option(None, "--ttt-k", help="Samples per TTT round (default K // (ttt-steps + 1): (steps + 1)·ttt_k ≤ K, the matched budget)."),
+    ttt_patience: int = typer.Option(1, "--ttt-patience", help="Stop TTT after this many consecutive regressions."),
     as_json: bool = options.Json,
 ) -> int:
-    """Compare oracle, random, confidence, surprisal and surprisal-top-m selection on the same samples."""
-    from kopt.cli.console import console, progress_bars
-    from kopt.comparison import parse_strategies, run_compare, write_report
+    """Compare oracle, random, confidence, surprisal, surprisal-top-m (and ttt) selection on the same samples."""
+    from kopt.cli.console import console, print_warning, progress_bars
+    from kopt.comparison import TTTOptions, parse_strategies, run_compare, write_report
     from kopt.config import load_config, resolve
     from kopt.errors import KoptError
     from kopt.pipeline import RunOptions
     from kopt.task import load_task
 
-    names = parse_strategies(strategies)
+    if ttt_steps < 0:
+        raise KoptError(f"--ttt-steps must be 0 or more, got {ttt_steps}", "e.g. --ttt-steps 1")
+    names = parse_strategies(strategies, ttt_steps)
     seed_list = _int_list(seeds, "--seeds")
     if not seed_list:
         raise KoptError("--seeds is empty", "e.g. --seeds 42,43")
@@ -139,9 +148,13 @@ def compare(
         target=cfg["target"], jobs=int(cfg["jobs"]), timeout_s=float(cfg["timeout"]),
         prompt_template=Path(cfg["prompt_template"]) if cfg["prompt_template"] else None,
         atol=cfg["atol"], rtol=cfg["rtol"], surprisal=cfg["surprisal"], no_cache=no_cache,
+        enable_lora="ttt" in names, max_lora_rank=lora_rank,
     )
+    ttt = (TTTOptions(steps=ttt_steps, lr=ttt_lr, lora_rank=lora_rank, k=ttt_k, patience=ttt_patience)
+           if "ttt" in names else None)
     with progress_bars(enabled=not as_json) as progress:
-        result = run_compare(tasks, run, seeds=seed_list, strategies=names, top_m=top_m, progress=progress)
+        result = run_compare(tasks, run, seeds=seed_list, strategies=names, top_m=top_m, progress=progress,
+                             ttt=ttt, warn=print_warning)
     written = write_report(result, report) if report is not None else []
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
@@ -166,6 +179,16 @@ def render(console, result) -> None:
                       if s.mean_speedup.mean is not None else "-", f(s.geomean_speedup, ".2f"),
                       f(s.correctness.mean), f(s.cost.mean, ".2f"), str(s.equivalent_k or "-"))
     console.print(table)
+    b = result.params.get("ttt")
+    if b:
+        console.print(f"ttt: matched rollout budget, step 0 = the first {b['ttt_k']} of the K={result.k} samples, "
+                      f"{b['ttt_k']} more per step: ({b['steps']} + 1) x {b['ttt_k']} = {b['budget_samples']} <= K; "
+                      "pick = fastest correct kernel of the step Best-of-Adaptation chose; cost = every correct "
+                      "candidate timed across the steps")
+        for run in result.strategy("ttt").runs:
+            scores = ", ".join(f"{st['step']}: {f(st['score'])}" for st in run["steps"])
+            console.print(f"  {run['task']} seed {run['seed']}: step fast_1 {scores}; chose step "
+                          f"{run['chosen_step']} ({run['stopped']})")
     notes = sorted({n for s in result.strategies for o in s.picks for n in o.notes})
     for n in notes[:6]:
         console.print(f"[dim]note:[/] {n}")
