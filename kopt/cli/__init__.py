@@ -27,8 +27,8 @@ app.add_typer(hook_cmd.app, name="hook")
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kopt.errors import KoptError
     from kopt.cli.console import print_error
+    from kopt.errors import KoptError
 
     try:
         rv = app(args=argv, standalone_mode=False)
