@@ -26,6 +26,7 @@ from kopt.errors import TaskError
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 FOOTER_MARK = "# ---- kopt task footer (generated) ----"
+GENERIC_STEMS = ("task", "model", "reference", "module")
 
 _INPUT_RE = re.compile(
     r"^\s*(?P<dtype>[a-z0-9]+)\s*\[(?P<shape>[0-9,\s]*)\]\s*(?::\s*(?P<kind>[a-z_]+)\s*(?:\((?P<args>[^)]*)\))?)?\s*$"
@@ -261,7 +262,9 @@ def load_task(
         body = body.split(FOOTER_MARK)[0].rstrip() + "\n"
     footer = _footer(class_name, specs, init, has_get_inputs, "get_init_inputs" in functions)
     source = body.rstrip() + "\n\n\n" + footer if footer.strip() != FOOTER_MARK else body
-    name = path.stem if class_name == "Model" else class_name
+    # examples/gelu/task.py is "gelu": a generic file name says less than the folder it sits in.
+    stem = path.resolve().parent.name if path.stem in GENERIC_STEMS else path.stem
+    name = stem if class_name == "Model" else class_name
     frozen_sets = tuple(sorted(set_values.items()))
     return Task(
         name=name,

@@ -173,7 +173,10 @@ def render(console, result) -> None:
 
     table = Table(title=f"kopt compare: {len(result.tasks)} task(s) x {len(result.seeds)} seed(s), K={result.k}")
     for col in ("strategy", "fast_1", "± seeds", "mean speedup", "geomean", "correct", "cost", "equiv. K"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+        if col == "strategy":
+            table.add_column(col, justify="left", no_wrap=True, min_width=len("surprisal-top-m"))
+        else:
+            table.add_column(col, justify="right")
     for s in result.strategies:
         table.add_row(s.strategy, f(s.fast_1.mean), f(s.fast_1.seed_std), f(s.mean_speedup.mean, ".2f") + "x"
                       if s.mean_speedup.mean is not None else "-", f(s.geomean_speedup, ".2f"),
