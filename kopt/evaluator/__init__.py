@@ -521,7 +521,7 @@ class Evaluator:
                             "(the work is done by torch, not the kernel)", passed, notes)
                 why = judge.compare_all(outs, refs[t], self.settings.atol, self.settings.rtol)
                 if why:
-                    run = " (second run on the same buffers)" if r else ""
+                    run = " (second pass, the same buffers refilled)" if r else ""
                     return Status.INCORRECT, f"{label}{run}: {why}", passed, notes
                 if m.get("aliases_input"):
                     return Status.INCORRECT, f"{label}: an output aliases an input tensor", passed, notes

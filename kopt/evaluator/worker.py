@@ -274,13 +274,17 @@ def _poison(torch, nbytes: int, device: str = "cpu") -> None:
 
 
 def _check(spec: dict, module, torch) -> tuple[dict, dict]:
+    """Every trial once, then every trial again (interleaved passes), so the second call on a trial's input
+    comes after other trials' calls: a kernel that goes stale after N calls meets different inputs at call
+    N+1 (hack #11), and a pointer-keyed cache sees the same buffers with other content (hack #9)."""
     data = torch.load(spec["inputs"], weights_only=True)
     device = spec.get("device", "cpu")
     cls = module.ModelNew
     bufs: dict[tuple, object] = {}
-    trials_out = []
-    for t, trial in enumerate(data["trials"]):
-        model = _new_model(cls, trial, torch, device)
+    trials = data["trials"]
+    models, argsets, states = [], [], []
+    for trial in trials:
+        models.append(_new_model(cls, trial, torch, device))
         args, originals = [], []
         for i, x in enumerate(trial["inputs"]):
             if isinstance(x, torch.Tensor):
@@ -288,17 +292,23 @@ def _check(spec: dict, module, torch) -> tuple[dict, dict]:
                 if key not in bufs:  # the SAME tensors across trials: a pointer-keyed cache goes stale (hack #9)
                     bufs[key] = torch.empty_like(x, device=device)
                 args.append(bufs[key])
-                originals.append(x.to(device))
+                originals.append(x)  # stays on the host; copied into the shared buffers before each call
             else:
                 args.append(x)
                 originals.append(None)
-        in_ptrs = [a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)]
-        nbytes = 2 * sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor))
-        runs, after, metas, calls = [], None, [], []
-        for r in range(2):  # twice: determinism is reported, both runs must pass
-            for a, o in zip(args, originals):
-                if o is not None:
-                    a.copy_(o)
+        argsets.append((args, originals))
+        states.append({"runs": [], "meta": [], "calls": [], "inputs_after": None, "ghost": None})
+
+    def load(args, originals) -> None:
+        for a, o in zip(args, originals):
+            if o is not None:
+                a.copy_(o)
+
+    for r in range(2):  # two passes: determinism is reported, both runs must pass
+        for t, (model, (args, originals), st) in enumerate(zip(models, argsets, states)):
+            in_ptrs = [a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)]
+            nbytes = 2 * sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor))
+            load(args, originals)
             _poison(torch, nbytes, device)
             _State.calls = 0
             with torch.no_grad():
@@ -306,29 +316,23 @@ def _check(spec: dict, module, torch) -> tuple[dict, dict]:
             cloned, meta = _outputs(out, torch)
             meta["aliases_input"] = any(p and p in in_ptrs for p in meta.pop("ptrs"))
             del out
-            calls.append(_State.calls)
-            runs.append(cloned)
-            metas.append(meta)
+            st["calls"].append(_State.calls)
+            st["runs"].append(_cpu(cloned))
+            st["meta"].append(meta)
             if r == 0:
-                after = [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args]
-        ghost = None
-        if t == 0:
-            for a, o in zip(args, originals):
-                if o is not None:
-                    a.copy_(o)
-            _State.ghost = True
-            try:
-                with torch.no_grad():
-                    ghost, _ = _outputs(model(*args), torch)
-            finally:
-                _State.ghost = False
-        trials_out.append({"runs": runs, "inputs_after": after, "ghost": ghost})
-        trials_out[-1]["meta"] = metas
-        trials_out[-1]["calls"] = calls
-    payload = {"trials": [{"runs": [_cpu(r) for r in t["runs"]], "inputs_after": _cpu(t["inputs_after"]),
-                           "ghost": _cpu(t["ghost"])}
-                          for t in trials_out]}
-    result = {"trials": [{"meta": t["meta"], "calls": t["calls"]} for t in trials_out]}
+                st["inputs_after"] = _cpu([a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args])
+            if r == 0 and t == 0:
+                load(args, originals)
+                _State.ghost = True
+                try:
+                    with torch.no_grad():
+                        ghost, _ = _outputs(model(*args), torch)
+                finally:
+                    _State.ghost = False
+                st["ghost"] = _cpu(ghost)
+    payload = {"trials": [{"runs": st["runs"], "inputs_after": st["inputs_after"], "ghost": st["ghost"]}
+                          for st in states]}
+    result = {"trials": [{"meta": st["meta"], "calls": st["calls"]} for st in states]}
     return result, payload
 
 
