@@ -39,7 +39,7 @@ MODEL_NEW = "model_new.py"
 KERNEL_FILES = (MODEL_NEW, "kernel.cpp", "kernel.cu", REPORT)
 HEADER_PREFIX = "# Written by kopt"  # kopt/output.py prepends this line to model_new.py
 # Default --tolerance: a re-timed speedup may fall 10% below the recorded one before it fails. Timing noise
-# on a quiet machine is a few percent (hacking-and-sandbox.md §3 reports median and IQR); 10% leaves room.
+# on a quiet machine is a few percent (kopt reports median and IQR; docs/evaluator.md §3); 10% leaves room.
 DEFAULT_TOLERANCE = 0.10
 
 

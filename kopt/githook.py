@@ -1,6 +1,6 @@
 """`kopt hook install|uninstall|run`: a git hook that blocks merges (or pushes) bringing in stale kernels.
 
-The pattern is pre-commit's (aesthetics.md §4 example 6): the installed script is a tiny template
+The pattern is pre-commit's (`pre_commit/commands/install_uninstall.py`): the installed script is a tiny template
 (templates/hook.sh.tmpl) that re-execs `kopt hook run` with the absolute interpreter kopt is installed in,
 so it works from a virtualenv that is not on PATH and all logic stays here, testable. A marker line
 identifies kopt's script; a foreign hook is kept as `<hook>.legacy` and run first (its failure fails the

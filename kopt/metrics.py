@@ -1,8 +1,8 @@
 """The paper's metrics, as pure functions over numbers (no I/O, no kopt state).
 
 Sources: Barnes 2026, "Surprisal-Guided Selection" (arXiv 2602.07670), referred to below as [B26] with the
-part of the paper each metric comes from; KernelBench (Ouyang et al. 2025, `score.py`; see
-/work/shared/notes/kernelbench.md §2) for fast_p and the pass@k estimator (Chen et al. 2021, Codex, §2.1).
+part of the paper each metric comes from; KernelBench (Ouyang et al. 2025, `score.py`) for fast_p and the
+pass@k estimator (Chen et al. 2021, Codex, §2.1).
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 Templates are data (templates/prompt_cpu.txt, prompt_cuda.txt), `string.Template` text with two placeholders,
 `$reference_source` and `$task_name` (C++ braces stay literal; a literal dollar is `$$`). A template may split
 into a system and a user message with lines that read exactly `[system]` and `[user]`; without them the whole
-file is the user message. The wording follows KernelBench's `one_shot` prompt (notes/kernelbench.md §1).
+file is the user message. The wording follows KernelBench's `one_shot` prompt (`src/kernelbench/prompts/prompts.toml`).
 
 Extraction differs from KernelBench on purpose: KernelBench takes the *first* fenced block, so a draft earlier
 in the answer wins and tags like `py` become code; we take the *last* ```python / ```py / untagged block that
-defines `ModelNew` (notes/kernelbench.md §1, "Consequences").
+defines `ModelNew` (KernelBench's `extract_first_code`).
 """
 
 from __future__ import annotations

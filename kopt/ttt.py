@@ -11,7 +11,7 @@ Barnes 2026 (arXiv 2602.07670; TTT setup §3.4, Best-of-Adaptation §3.5 Algorit
 - Best-of-Adaptation keeps the best-scoring step and stops after `patience` consecutive non-improvements
   (the paper's best step was 2, 1, 4 over seeds; performance peaks at 1-2 steps, then over-sharpens).
 Every verdict (including hack rejections) is final before any reward is computed: rewards read only the
-evaluator's results (ttt.md §4: TTT amplifies evaluator loopholes).
+evaluator's results (TTT amplifies evaluator loopholes: Dr. Kernel, arXiv 2602.05885; docs/evaluator.md §1).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from kopt.errors import KoptError
 from kopt.records import EvalResult, Progress, Status, no_progress
 
 # Reward cap after dividing by the task's median correct speedup: one 200x outlier must not make the whole
-# step (ttt.md §1 "Normalization for kopt": "cap or log-transform outliers").
+# step.
 REWARD_CAP = 4.0
 
 
@@ -58,7 +58,7 @@ def rloo_advantages(group_rewards: Sequence[float]) -> list[float]:
     """A_i = r_i - mean_{j≠i} r_j = K/(K-1)·(r_i - mean) (RLOO); all zero for a zero-variance group or K < 2.
 
     No std division (Dr. GRPO: it reweights prompts by difficulty). Zero-variance groups carry no signal
-    and are skipped (TTT-Discover's remove_constant_reward_groups; ttt.md §1).
+    and are skipped (TTT-Discover's remove_constant_reward_groups, arXiv 2601.16175).
     """
     k = len(group_rewards)
     if k < 2:
@@ -189,7 +189,7 @@ def _sleeping(sampler):
     """A context that frees the sampler's accelerator memory during the backward pass, if it can.
 
     Samplers may offer `sleep()` / `wake_up()` (vLLM: `LLM.sleep(level=1)` needs `enable_sleep_mode=True`
-    at engine start; ttt.md §2 memory table). Without them nothing happens: on CPU and small models the
+    at engine start). Without them nothing happens: on CPU and small models the
     engine and the trainer fit together.
     """
     import contextlib
@@ -283,7 +283,7 @@ def adapt(pool, options, progress: Progress = no_progress, warn: Callable[[str],
                 if trainer is None:
                     trainer = LoraTrainer(run.model, rank=options.lora_rank, lr=options.ttt_lr,
                                           temperature=run.temperature, seed=run.seed)
-                # Dr. GRPO's constant: batch size × max completion length (ttt.md §1).
+                # Dr. GRPO's constant: batch size × max completion length (arXiv 2503.20783).
                 with _sleeping(holder.get("sampler")):
                     stats = trainer.step(items, norm_tokens=len(items) * max(1, run.max_tokens))
                 step_dir = trainer.save(ttt_dir / f"step{s}")

@@ -1,14 +1,14 @@
 """One GRPO step on a peft LoRA adapter: the trainer half of kopt's test-time training (kopt/ttt.py).
 
-Loss (/work/shared/notes/ttt.md §1): plain REINFORCE on the completion tokens' log-probabilities at the
+Loss: plain REINFORCE on the completion tokens' log-probabilities at the
 sampling temperature, summed over tokens and divided by a constant (Dr. GRPO, Liu et al. arXiv 2503.20783:
 no 1/|o| length normalisation, no std division), with the advantages computed by the caller (RLOO). With one
 on-policy optimizer step the PPO ratio is exactly 1 and clipping never fires, so REINFORCE *is* the clipped
-objective's gradient (ttt.md §1, checked to 1e-7). No KL term (β = 0; BoA keeps the base as a candidate).
+objective's gradient (checked to 1e-7). No KL term (β = 0; BoA keeps the base as a candidate).
 
 The batch is built from the token ids the sampler returned (prompt_token_ids + token_ids), never from
-re-tokenised text (ttt.md §2). Base weights are frozen; LoRA targets the attention and MLP projections only,
-never lm_head or embeddings (vLLM rejects adapters carrying full tensors; ttt.md §2).
+re-tokenised text. Base weights are frozen; LoRA targets the attention and MLP projections only,
+never lm_head or embeddings (vLLM rejects adapters carrying full tensors).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Sequence
 
 from kopt.errors import KoptError
 
-# Llama / Qwen2/3 / Mistral projection names (ttt.md §2); peft's own default would be q/v only.
+# Llama / Qwen2/3 / Mistral projection names; peft's own default would be q/v only.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -42,7 +42,7 @@ class TrainStats:
     tokens: int
     grad_norm: float
     # mean |log p_trainer - log p_sampler| at T=1 over the completion tokens: ~0 when the ids, template and
-    # weights agree (ttt.md §1, "cheaply catches template, token-id or temperature bugs"); None if unknown.
+    # weights agree (it cheaply catches template, token-id or temperature bugs); None if unknown.
     logprob_drift: float | None
     lora_b_changed: int  # how many lora_B tensors the step moved (A stays put on step 1: B starts at 0)
 
@@ -50,7 +50,7 @@ class TrainStats:
 def completion_logprobs(model, prompt_ids: Sequence[int], completion_ids: Sequence[int], temperature: float):
     """(log p at `temperature`, log p at T=1) of each completion token, from one forward pass.
 
-    `logits_to_keep` keeps only the positions that predict completion tokens (ttt.md §1: identical to the
+    `logits_to_keep` keeps only the positions that predict completion tokens (identical to the
     full-logits result), which bounds the logits memory by the completion length.
     """
     import torch
@@ -102,7 +102,7 @@ class LoraTrainer:
                          bias="none", task_type="CAUSAL_LM")
         self.model = get_peft_model(base, cfg)
         if self.device != "cpu":
-            # Long completions: recompute activations rather than keep them (ttt.md §2, verified with peft).
+            # Long completions: recompute activations rather than keep them (verified with peft).
             self.model.gradient_checkpointing_enable()
             self.model.enable_input_require_grads()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -174,7 +174,7 @@ class LoraTrainer:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
-    """Run a block with `n` torch threads, then restore the count (vLLM sets 1 in its process; vllm-cpu.md)."""
+    """Run a block with `n` torch threads, then restore the count (vLLM sets 1 in its process)."""
     import torch
 
     old = torch.get_num_threads()

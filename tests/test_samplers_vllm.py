@@ -77,7 +77,7 @@ def test_lora_adapter(vs, pool, tiny_model_dir, tmp_path):
     assert max(abs(a - b) for a, b in zip(lo[0].token_logprobs, ref)) < 1e-4
     lo2 = dict(vs.sample(PROMPT, [0], adapter=a2))
     assert lo2[0].logprob != lo[0].logprob
-    # A fresh name and id per distinct path; the same path reuses its request (ttt.md §3).
+    # A fresh name and id per distinct path; the same path reuses its request (vLLM docs, features/lora).
     r1, r2 = vs._lora(a1), vs._lora(a2)
     assert (r1.lora_name, r1.lora_int_id) != (r2.lora_name, r2.lora_int_id) and vs._lora(a1) is r1
     assert dict(vs.sample(PROMPT, [0]))[0] == pool[0]  # no adapter: the base model again

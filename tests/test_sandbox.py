@@ -1,4 +1,4 @@
-"""sandbox.py on real child processes: each hostile snippet costs only itself (hacking-and-sandbox.md §5)."""
+"""sandbox.py on real child processes: each hostile snippet costs only itself (docs/evaluator.md §4-5)."""
 
 from __future__ import annotations
 

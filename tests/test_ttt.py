@@ -112,7 +112,7 @@ def test_lora_step_freezes_base_moves_lora_b_and_round_trips(trained_tiny_model_
     st = tr.step(zero, norm_tokens=3 * MAX_TOKENS)
     assert st.sequences == 0 and st.grad_norm == 0.0 and st.lora_b_changed == 0
 
-    # Training log-probs are log_softmax(logits / T) (the sampling distribution; ttt.md §1).
+    # Training log-probs are log_softmax(logits / T) (the sampling distribution, as TRL does).
     with torch.no_grad():
         lp_t, lp_1 = completion_logprobs(tr.model, prompt_ids, answers[CANDIDATES[0]], 0.25)
         full = tr.model(input_ids=torch.tensor([prompt_ids + answers[CANDIDATES[0]]])).logits[0].float()
@@ -126,7 +126,7 @@ def test_lora_step_freezes_base_moves_lora_b_and_round_trips(trained_tiny_model_
              TrainItem(tuple(prompt_ids), tuple(answers[CANDIDATES[2]]), -1.0)]
     st = tr.step(items, norm_tokens=2 * MAX_TOKENS)
     assert st.sequences == 2 and st.grad_norm > 0
-    assert st.lora_b_changed > 0  # step 1 moves B only: B starts at 0, so A gets no gradient (ttt.md §5)
+    assert st.lora_b_changed > 0  # step 1 moves B only: B starts at 0, so A gets no gradient
     for name, p in tr.model.named_parameters():
         if "lora_" not in name:
             assert torch.equal(p, base_before[name]), f"base weight {name} changed"

@@ -1,7 +1,7 @@
 """A tiny random Llama with a hand-made tokenizer, built in seconds with no network (tests only).
 
-vLLM's CPU attention backend accepts head sizes 32, 64, 80, ... only, so head_dim is 32
-(/work/shared/notes/vllm-cpu.md §2). The pieces are separate functions so a test that trains such a model to
+vLLM's CPU attention backend accepts head sizes 32, 64, 80, ... only, so head_dim is 32.
+The pieces are separate functions so a test that trains such a model to
 emit known kernels can reuse the tokenizer and config:
 
     tok = make_tokenizer()                    # byte-level BPE trained in memory on code text

@@ -3,7 +3,7 @@
 Every backend draws sample i with its own seed, derive_seed(seed, i), so one index can be re-drawn alone (the
 cache stores samples per index; an interrupted run re-draws only the missing ones) and the pools for two
 seeds share nothing. Log-probs are the model's own at T=1 ("raw"): surprisal under the model, what the paper
-ranks by (Barnes 2026, §4.5 "Selection Strategies"), not the tempered sampling distribution (vllm-cpu.md §2, "Which distribution").
+ranks by (Barnes 2026, §4.5 "Selection Strategies"), not the tempered sampling distribution (vLLM's default, `raw_logprobs`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class SamplerParams:
     concurrency: int = 8  # openai: requests in flight
     samples_path: str | None = None  # replay
     enable_lora: bool = False  # vllm: build the engine with LoRA support (TTT)
-    max_lora_rank: int = 16  # vllm: one of 1, 8, 16, 32, 64, ... (ttt.md §3)
+    max_lora_rank: int = 16  # vllm: one of 1, 8, 16, 32, 64, ... (vLLM docs, features/lora)
 
 
 def derive_seed(seed: int, index: int) -> int:

@@ -1,7 +1,7 @@
 """Sampling with transformers `generate` (CPU or GPU): the fallback backend and the reference for the others.
 
 Log-probs come from the raw logits (`output_logits=True`), log_softmax at T=1, so they equal vLLM's
-`raw_logprobs` (vllm-cpu.md §4: `out.scores` are after temperature and warpers; `out.logits` are not). Sampling
+`raw_logprobs` (`out.scores` are after temperature and warpers; `out.logits` are not). Sampling
 is plain temperature sampling (top_k=0, top_p=1, no repetition penalty: a fresh GenerationConfig, so a model's
 own generation_config.json defaults do not leak in), one sequence per index under its own seed, so any index
 can be re-drawn alone with identical tokens.

@@ -10,7 +10,7 @@ Both send vLLM's extra `return_token_ids: true`, so token ids come from the serv
 a server that rejects the field (HTTP 400/422 naming it) is asked again without it, and samples then carry
 no token ids.
 
-Log-probs are whatever the server returns: vLLM's server defaults to raw_logprobs (T=1, vllm-cpu.md §3), the
+Log-probs are whatever the server returns: vLLM's server defaults to raw_logprobs (T=1, `logprobs_mode`), the
 surprisal the paper ranks by; `logprobs_mode` records "server" because kopt cannot check which. A server that
 returns none is an error: ranking by surprisal needs them.
 

