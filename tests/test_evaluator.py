@@ -200,3 +200,24 @@ def test_timer_cross_check_flags_a_slow_clock():
     assert "kopt's clock saw" in Evaluator._timer_cross_check([0.001] * 100, 20.0, marks, "n")
     assert "add up" in Evaluator._timer_cross_check([50.0] * 100, 1950.0, marks, "n")
     assert "missing" in Evaluator._timer_cross_check([1.0], 1.0, (), "n")
+
+
+def test_timed_call_inputs_are_fresh_deterministic_and_keep_integers():
+    """Hack #9: every timed call gets new floating content, derived from (nonce, call) so kopt can regenerate it
+    in the trusted reference; integer tensors (indices) and signs are kept."""
+    import torch
+
+    from kopt.evaluator.targets import PERTURB_REL, call_inputs
+
+    x = torch.randn(16, 64)
+    idx = torch.randint(0, 16, (8,))
+    base = [x, idx, 3]
+    a0, a1 = call_inputs(base, "n1", 0, torch), call_inputs(base, "n1", 1, torch)
+    assert all(torch.equal(u, v) for u, v in zip(a0[:2], call_inputs(base, "n1", 0, torch)[:2]))  # deterministic
+    assert not torch.equal(a0[0][0, :8], x[0, :8]) and not torch.equal(a0[0][0, :8], a1[0][0, :8])
+    assert not torch.equal(a0[0], call_inputs(base, "n2", 0, torch)[0])  # the nonce matters
+    assert torch.equal(a0[1], idx) and a0[2] == 3
+    assert torch.equal(torch.sign(a0[0]), torch.sign(x))
+    assert float(((a0[0] - x).abs() / x.abs()).max()) <= PERTURB_REL * (1 + 1e-5)
+    half = call_inputs([x.bfloat16()], "n1", 0, torch)[0]
+    assert half.dtype == torch.bfloat16 and (half != x.bfloat16()).float().mean() > 0.5  # survives bf16 rounding

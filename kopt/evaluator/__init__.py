@@ -397,6 +397,28 @@ class Evaluator:
         self._ref_time = {"median_ms": med, "iqr_ms": iqr}
         return self._ref_time
 
+    def _recheck_reference(self, calls: list[int], nonce: str) -> dict[int, list]:
+        """The reference's outputs on timed calls `calls` of the timing run keyed by `nonce`: the trusted
+        reference child regenerates their inputs (targets.call_inputs); the outputs live only in kopt's memory."""
+        import torch
+
+        spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
+                "inputs": str(self.ref_dir / "inputs.pt"), "time_trials": self._time_trials(), "calls": calls,
+                "nonce": nonce, "threads": self.settings.resolved_threads(), "target": self.settings.target,
+                "device": self._device()}
+        work = self.root / "work" / f"recheck-{uuid.uuid4().hex[:8]}"
+        try:
+            res, result = self._spawn("kopt.evaluator.reference", "recheck", spec, work, self.settings.run_timeout_s,
+                                      readable=[self.task_dir, self.ref_dir])
+            if not result or not result.get("ok"):
+                why = (result or {}).get("error") or res.describe()
+                raise TaskError(f"re-checking timed calls with the reference {self.task.target} failed: {why}",
+                                "raise --timeout or shrink the task with --set NAME=VALUE")
+            outputs = torch.load(work / "recheck.pt", weights_only=True)["outputs"]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return dict(zip(calls, outputs))
+
     # ---- compile ------------------------------------------------------------------------------------
 
     def _build(self, source: str) -> BuildResult:
@@ -574,13 +596,19 @@ class Evaluator:
                 payload = torch.load(work / "payload.pt", weights_only=True)
             except Exception as e:  # noqa: BLE001
                 return result.replace(status=Status.REJECTED, reason=f"timed outputs do not load as plain tensors ({type(e).__name__})")
-            trial_ids = self._time_trials()
-            for kept in payload.get("kept", []):
-                t = trial_ids[int(kept["set"])]
-                why = judge.compare_all(kept["outputs"], self._ref_outputs[t], self.settings.atol, self.settings.rtol)
+            kept = payload.get("kept", [])
+            try:
+                calls = [int(k["call"]) for k in kept]
+            except (KeyError, TypeError, ValueError):
+                calls = []
+            if not calls or len(set(calls)) != len(calls) or not all(0 <= c < len(times) for c in calls):
+                return result.replace(status=Status.REJECTED, reason="timing: the re-check sample is malformed")
+            refs = self._recheck_reference(calls, nonce)
+            for call, entry in zip(calls, kept):
+                why = judge.compare_all(entry.get("outputs"), refs[call], self.settings.atol, self.settings.rtol)
                 if why:
                     return result.replace(status=Status.INCORRECT,
-                                          reason=f"timed call {kept['call']} (re-checked after timing): {why}")
+                                          reason=f"timed call {call} (re-checked after timing): {why}")
             med, iqr = median_iqr(times)
             speedup = ref["median_ms"] / med if med > 0 else None
             return result.replace(runtime_ms=med, runtime_iqr_ms=iqr, reference_runtime_ms=ref["median_ms"],
