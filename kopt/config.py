@@ -7,6 +7,11 @@ A config file holds the same names as the long flags, with dashes or underscores
     k = 32
     target = "cpu"
     base-url = "http://127.0.0.1:8000/v1"
+
+Environment: $KOPT_HOME (default ~/.cache/kopt) holds caches and run dirs; $KOPT_BUILD_DIR (default
+$KOPT_HOME/build) holds compiled extensions. Builds there are content-addressed (one dir per extension:
+sources, functions, flags, toolchain, arch; see kopt.evaluator.worker.extension_name) and locked per dir, so
+several KOPT_HOMEs, and concurrent kopt processes, can share one KOPT_BUILD_DIR.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ def kopt_home() -> Path:
         home = Path(base) / "kopt"
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def build_dir() -> Path:
+    """Where extension builds live: $KOPT_BUILD_DIR, else kopt_home()/build (see the module docstring)."""
+    env = os.environ.get("KOPT_BUILD_DIR")
+    path = Path(env).expanduser().resolve() if env else kopt_home() / "build"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test gets its own KOPT_HOME, so no test reads or writes the user's cache."""
+"""Shared fixtures. Every test gets its own KOPT_HOME, so no test reads or writes the user's cache; builds go to
+one session-wide KOPT_BUILD_DIR (content-addressed, so identical kernels compile once per session)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # ../shared/kernelbench beside the repo (CI has it too).
 KERNELBENCH = REPO.parent / "shared" / "kernelbench" / "level1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kopt_build_dir(tmp_path_factory):
+    """One KOPT_BUILD_DIR for the whole session (os.environ, so subprocesses inherit it): builds are keyed by
+    the extension's content, so a kernel compiled by one module (e.g. the examples' gelu/swish) is reused by
+    every other, whatever each test's KOPT_HOME."""
+    path = tmp_path_factory.mktemp("kopt-build")
+    old = os.environ.get("KOPT_BUILD_DIR")
+    os.environ["KOPT_BUILD_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("KOPT_BUILD_DIR", None)
+    else:
+        os.environ["KOPT_BUILD_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

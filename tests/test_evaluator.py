@@ -87,6 +87,23 @@ def test_honest_controls_pass_and_are_timed(home, relu_task):
         assert r.speedup == pytest.approx(r.reference_runtime_ms / r.runtime_ms)
 
 
+def test_identical_kernels_share_one_build(home, relu_task):
+    """Builds are keyed by the extension (sources, functions, flags, toolchain, arch), not the whole candidate:
+    byte-identical C++ in different Python compiles once, into one dir of the shared build root."""
+    naive = (FIXTURES / "honest_relu_naive.py").read_text()
+    other = naive.replace('name="relu_naive"', 'name="relu_naive_again"') + "\n# the same kernel, other Python\n"
+    assert other != naive
+    with Evaluator(relu_task, EvalSettings(**FAST)) as ev:
+        a, b = ev.build([naive, other])
+        build_dir = ev.build_dir
+    assert a.failure is None and b.failure is None
+    assert a.extensions == b.extensions  # same name, same .so, same hash
+    cpp = naive.split('r"""')[1].split('"""')[0].strip()
+    dirs = [d for d in build_dir.glob("kopt_*") if d.is_dir() and (d / "main.cpp").exists()
+            and cpp in (d / "main.cpp").read_text()]
+    assert len(dirs) == 1, dirs
+
+
 def test_compile_error_keeps_the_first_error(home, relu_task):
     with Evaluator(relu_task, EvalSettings(**FAST)) as ev:
         [r] = ev.check([BROKEN])
@@ -100,11 +117,8 @@ def test_stale_build_lock_does_not_hang_the_next_build(home, relu_task):
     import os
     import signal
 
-    from kopt.evaluator import _sha
-
     with Evaluator(relu_task, EvalSettings(**FAST)) as ev:
-        build_root = home / "build" / _sha(WRONG)[:16]
-        build_root.mkdir(parents=True, exist_ok=True)
+        build_root = ev.build_dir
         work = home / "killed-build"
         work.mkdir(exist_ok=True)
         (work / "candidate.py").write_text(WRONG)
@@ -143,10 +157,11 @@ def test_compile_timeout_kills_the_build_and_removes_its_dir(home, relu_task):
     source = WRONG.replace("relu_wrong", "relu_timeout").replace("0.5f", "0.25f")
     with Evaluator(relu_task, EvalSettings(**dict(FAST, compile_timeout_s=3))) as ev:
         [r] = ev.check([source])
+        build_dir = ev.build_dir
     assert r.status is Status.TIMEOUT and "compile timeout" in r.reason
-    from kopt.evaluator import _sha
-
-    assert not (home / "build" / _sha(source)[:16]).exists()
+    half_built = [d for d in build_dir.glob("kopt_*") if d.is_dir() and "0.25f * in[i]" in
+                  "".join(p.read_text() for p in d.glob("*.cpp"))]
+    assert half_built == []
 
 
 def test_cli_eval_on_relu(home, kernelbench):

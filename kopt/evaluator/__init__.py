@@ -4,6 +4,11 @@ process (docs/design.md "The evaluator"; hacking-and-sandbox.md §4-5).
 Candidate code never runs in kopt's process and never sees reference outputs: the reference child writes
 them to a file that kopt reads back and deletes before any candidate process starts; candidate children ship
 raw outputs and timings, and judge.py decides here.
+
+Builds live in config.build_dir() ($KOPT_BUILD_DIR, default $KOPT_HOME/build), one dir per extension named by
+worker.extension_name (sources, functions, flags, toolchain, arch): candidates with byte-identical kernels
+compile once, and several KOPT_HOMEs can share the dir. One fcntl lock per build dir keeps a process from
+writing into a dir another is building.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ class Evaluator:
     """Evaluate candidate sources against one task. See the module docstring and docs/design.md."""
 
     def __init__(self, task: Task, settings: EvalSettings = EvalSettings(), progress: Progress = no_progress):
-        from kopt.config import kopt_home
+        from kopt.config import build_dir, kopt_home
         from kopt.evaluator.sandbox import detect_isolation
         from kopt.evaluator.targets import get_target
 
@@ -135,6 +140,7 @@ class Evaluator:
         self.target = get_target(target)
         self.isolation = detect_isolation()
         self.home = kopt_home()
+        self.build_dir = build_dir()  # shared, content-addressed: one dir per extension (worker.extension_name)
         self.root = self.home / "eval" / f"{task.hash[:12]}-{uuid.uuid4().hex[:8]}"
         self.ref_dir = self.root / "reference"
         self.task_dir = self.root / "task"
@@ -434,8 +440,7 @@ class Evaluator:
                 failure = self._base(source, status=Status.REJECTED, reason="; ".join(report.rejections)[:600],
                                      warnings=tuple(warnings))
                 return BuildResult(failure=failure, warnings=tuple(warnings))
-        build_root = self.home / "build" / key[:16]
-        build_root.mkdir(parents=True, exist_ok=True)
+        build_root = self.build_dir
         work = self.root / "work" / f"{key[:16]}-compile-{uuid.uuid4().hex[:6]}"
         work.mkdir(parents=True, exist_ok=True)
         (work / "candidate.py").write_text(source)
@@ -446,11 +451,12 @@ class Evaluator:
         res, result = self._spawn("kopt.evaluator.worker", "compile", spec, work, self.settings.compile_timeout_s,
                                   writable=[build_root], compile=True)
         compile_s = time.monotonic() - t0
+        building = (work / "building").read_text().split() if (work / "building").exists() else []
         shutil.rmtree(work, ignore_errors=True)
         if result:
             warnings += result.get("warnings", [])
         if res.killed == "timeout":
-            shutil.rmtree(build_root, ignore_errors=True)  # a half-built dir must not be reused
+            self._drop_half_built(building)
             failure = self._base(source, status=Status.TIMEOUT, compile_s=compile_s, warnings=tuple(warnings),
                                  reason=f"compile killed after {self.settings.compile_timeout_s:.0f} s (compile timeout)")
             return BuildResult(failure=failure, compile_s=compile_s, warnings=tuple(warnings))
@@ -463,6 +469,23 @@ class Evaluator:
         with self._lock:
             self._built[key] = built
         return built
+
+    def _drop_half_built(self, names: list[str]) -> None:
+        """A build killed mid-compile must not be reused: remove each dir it was building, under that dir's
+        lock, unless it is complete by then (another process waiting on the lock may have finished it)."""
+        from kopt.evaluator.worker import BUILT_MARK
+
+        for name in dict.fromkeys(names):
+            if not name.startswith("kopt_") or "/" in name or name in (".", ".."):
+                continue
+            lock_path = self.build_dir / f"{name}.lock"
+            try:
+                with open(lock_path, "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if not (self.build_dir / name / BUILT_MARK).exists():
+                        shutil.rmtree(self.build_dir / name, ignore_errors=True)
+            except OSError:
+                continue
 
     @staticmethod
     def _failure(res, result: dict | None) -> tuple[Status, str]:
@@ -490,7 +513,7 @@ class Evaluator:
         work.mkdir(parents=True, exist_ok=True)
         (work / "candidate.py").write_text(source)
         return {"candidate": str(work / "candidate.py"), "target": self.settings.target,
-                "build_root": str(self.home / "build" / _sha(source)[:16]),
+                "build_root": str(self.build_dir),
                 "extensions": [{"name": n, "so": so, "sha256": h} for n, so, h in build.extensions],
                 "inputs": str(self.ref_dir / "inputs.pt"), "threads": self.settings.resolved_threads(),
                 "device": self._device()}

@@ -50,12 +50,20 @@ def _as_list(x) -> list[str]:
     return [x] if isinstance(x, str) else [str(s) for s in x]
 
 
+BUILT_MARK = "kopt-built"  # written into an extension's build dir, under its lock, once the build succeeded
+
+
 def extension_name(cpp: list[str], cuda: list[str], functions, target_mod, toolchain: dict) -> str:
-    """kopt_<sha256(sources, functions, flags, torch/compiler versions, arch)[:16]> (the brief)."""
+    """kopt_<sha256(sources, functions, flags, torch/compiler versions, arch)[:16]> (the brief).
+
+    It is also the build dir's name under the shared build root (config.build_dir()): candidates whose
+    extensions are byte-identical (the Python around them may differ) compile once."""
+    from kopt.evaluator.targets import cpu
+
     blob = json.dumps({
         "cpp": cpp, "cuda": cuda, "functions": functions if not isinstance(functions, str) else [functions],
         "cflags": target_mod.CFLAGS, "ldflags": target_mod.LDFLAGS, "cuda_cflags": target_mod.CUDA_CFLAGS,
-        "toolchain": toolchain, "env": target_mod.build_env(),
+        "toolchain": toolchain, "env": target_mod.build_env(), "host_isa": cpu.host_isa(),  # -march=native
     }, sort_keys=True, default=str)
     return "kopt_" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -103,7 +111,8 @@ class _CountingModule:
 
 def _shadow_header(cx, out_dir: Path) -> str:
     """An include dir whose torch/extension.h has no .gch beside it: a plain (no-PCH) build even when the
-    PCH exists (gcc uses a .gch found next to the header it resolves; -I dirs come before -isystem)."""
+    PCH exists (gcc uses a .gch found next to the header it resolves; -I dirs come before -isystem). It lives in
+    the extension's own build dir, so its path (part of build.ninja) is the same for every build of it."""
     src = Path(cx.__file__).resolve().parent.parent / "include" / "torch" / "extension.h"
     shadow = out_dir / "no-pch"
     (shadow / "torch").mkdir(parents=True, exist_ok=True)
@@ -177,23 +186,25 @@ def _install_load_inline(spec: dict) -> None:
             build_dir.mkdir(parents=True, exist_ok=True)
             with open(build_root / f"{name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # two kopt processes never build the same dir at once
-                with contextlib.suppress(FileNotFoundError):
-                    (build_dir / "lock").unlink()  # torch's FileBaton left by a killed build would hang us
+                with open(Path(spec["out_dir"]) / "building", "a") as f:  # kopt cleans these up on a timeout
+                    f.write(name + "\n")
+                for stale in ("lock", BUILT_MARK):  # torch's FileBaton left by a killed build would hang us
+                    with contextlib.suppress(FileNotFoundError):
+                        (build_dir / stale).unlink()
                 use_pch = bool(target.USE_PCH and spec.get("use_pch", True))
                 module = real(
                     name=name, cpp_sources=cpp, cuda_sources=cuda or None, functions=functions,
                     extra_cflags=list(target.CFLAGS), extra_cuda_cflags=list(target.CUDA_CFLAGS) or None,
                     extra_ldflags=list(target.LDFLAGS), build_directory=str(build_dir), verbose=False,
-                    extra_include_paths=None if use_pch else [_shadow_header(cx, Path(spec["out_dir"]))],
+                    extra_include_paths=None if use_pch else [_shadow_header(cx, build_dir)],
                     with_cuda=bool(cuda), is_python_module=True,
                     with_pytorch_error_handling=a.get("with_pytorch_error_handling", True),
                     use_pch=use_pch,
                 ) if not compile_only else _build_objects_only(real, build_dir, name, cpp, cuda, functions, target,
                                                                use_pch, a)
-            so = build_dir / f"{name}.so"
-            if compile_only:
-                so = build_dir / "cuda.cuda.o"
-            _State.extensions.append({"name": name, "so": str(so), "sha256": _sha256_file(so)})
+                so = build_dir / ("cuda.cuda.o" if compile_only else f"{name}.so")
+                _State.extensions.append({"name": name, "so": str(so), "sha256": _sha256_file(so)})
+                (build_dir / BUILT_MARK).touch()
         else:
             entry = prebuilt.get(name)
             so = build_dir / f"{name}.so"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 import subprocess
 import time
@@ -26,6 +27,24 @@ def device_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def host_isa() -> str:
+    """What -march=native compiles for, as a short hash of the CPU model and its feature flags (/proc/cpuinfo):
+    part of every extension's build key, so a build dir shared between machines never hands one CPU's binary
+    to another (a VM may mask features of the same model)."""
+    model, flags = device_name(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blob = f"{platform.machine()}|{model}|{flags}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)
