@@ -153,7 +153,7 @@ def read_report(kernel_dir: Path) -> dict[str, Any]:
     try:
         report = json.loads((kernel_dir / REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise KoptError(f"{kernel_dir / REPORT} is unreadable: {e}", "restore it from git or re-run kopt optimize")
+        raise KoptError(f"{kernel_dir / REPORT} is unreadable: {e}", "restore it from git or re-run kopt optimize") from None
     if not isinstance(report, dict) or not isinstance(report.get("task"), dict) or not report.get("winner"):
         raise KoptError(f"{kernel_dir / REPORT} has no task or winner", "restore it from git or re-run kopt optimize")
     return report
@@ -495,7 +495,7 @@ def changed_paths(root: Path, base: str) -> tuple[set[Path], str]:
         bases = repo.merge_base(base, "HEAD")
     except git.GitCommandError as e:
         raise KoptError(f"cannot find the merge base of {base!r} and HEAD: {e.stderr.strip() or e}",
-                        "name a branch or commit that exists here, e.g. --base origin/main (after git fetch)")
+                        "name a branch or commit that exists here, e.g. --base origin/main (after git fetch)") from None
     except git.BadName:
         raise KoptError(f"unknown git revision {base!r}", "e.g. --base origin/main") from None
     if not bases:

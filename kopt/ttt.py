@@ -20,7 +20,6 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kopt.errors import KoptError

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from check_helpers import REF, env_for, git, kopt_cmd, make_repo, write_kernel
 
-from check_helpers import CANDIDATE, REF, env_for, git, kopt_cmd, make_repo, write_kernel
 from kopt.check import CheckSettings, Verdict, run_check
 from kopt.errors import KoptError
 

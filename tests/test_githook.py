@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from check_helpers import REF, env_for, git, make_repo
+
 from kopt.errors import KoptError
 from kopt.githook import MARKER, install, uninstall
 

@@ -54,7 +54,9 @@ def eval_(
         table = Table(show_header=True, header_style="bold")
         for col in ("status", "reason", "runtime", "reference", "speedup"):
             table.add_column(col)
-        ms = lambda v: f"{v:.4g} ms" if v is not None else "-"
+        def ms(v):
+            return f"{v:.4g} ms" if v is not None else "-"
+
         color = "green" if result.correct else "red"
         table.add_row(f"[{color}]{result.status.value}[/]", result.reason or "-", ms(result.runtime_ms),
                       ms(result.reference_runtime_ms), f"{result.speedup:.3g}x" if result.speedup else "-")

@@ -74,7 +74,7 @@ class Sampler(ABC):
         `prompt` is a kopt.prompt.Prompt; `adapter` a peft LoRA adapter directory (TTT) or None.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing to free
         """Free the model / connections. Safe to call twice."""
 
     def __enter__(self) -> Sampler:
