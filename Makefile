@@ -28,7 +28,7 @@ demo: install
 	  --target cpu --out out/demo-gelu --force
 
 test: install-vllm
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check kopt tests

@@ -35,6 +35,9 @@ from kopt.records import EvalResult, Progress, Status, no_progress
 from kopt.task import Task
 
 OnResult = Callable[[int, EvalResult], None]
+# Bumped whenever a change could turn an old verdict wrong (checks added, timing changed): cached verdicts
+# are keyed on it, so an upgrade re-evaluates instead of trusting what an older evaluator said.
+VERDICT_VERSION = "3"
 _KOPT_ROOT = str(Path(__file__).resolve().parent.parent.parent)  # PYTHONPATH for children
 
 
@@ -96,6 +99,7 @@ def machine_fingerprint(target: str) -> dict[str, str]:
     target = resolve_target(target)
     t = get_target(target)
     return {
+        "evaluator": VERDICT_VERSION,
         "target": target,
         "device": t.device_name(),
         "toolchain": json.dumps(t.toolchain(), sort_keys=True),
