@@ -38,11 +38,11 @@ def main() -> None:
     base = (REPO / "tests" / "fixtures" / "kernels" / "honest_relu_naive.py").read_text()
     settings = EvalSettings(threads=1, jobs=1, min_calls=5, min_time_s=0.01)
 
-    include = "#include <torch/extension.h>"
-    assert include in base
+    opening = 'cpp_source = r"""'
+    assert opening in base
 
     def fresh() -> str:
-        return base.replace(include, f"{include}\n// bench {uuid.uuid4().hex}", 1)
+        return base.replace(opening, f"{opening}\n// bench {uuid.uuid4().hex}", 1)
 
     def build_s(ev: Evaluator, src: str, pch: bool) -> float:
         ev._pch_ok = pch if pch is False else ev._pch_ok
