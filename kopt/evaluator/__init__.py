@@ -37,7 +37,7 @@ from kopt.task import Task
 OnResult = Callable[[int, EvalResult], None]
 # Bumped whenever a change could turn an old verdict wrong (checks added, timing changed): cached verdicts
 # are keyed on it, so an upgrade re-evaluates instead of trusting what an older evaluator said.
-VERDICT_VERSION = "3"
+VERDICT_VERSION = "4"
 _KOPT_ROOT = str(Path(__file__).resolve().parent.parent.parent)  # PYTHONPATH for children
 
 
@@ -214,9 +214,18 @@ class Evaluator:
         self.progress("time", 0, len(todo))
         if todo:
             self._warm_pch()
-            ref = self._time_reference()
+            before = self._time_reference()
         for done, i in enumerate(todo, 1):
-            out[i] = self._time_one(sources[i], results[i], ref)
+            timed = self._time_one(sources[i], results[i], before)
+            # A/B/A: the reference is timed again right after each candidate, and the candidate's speedup is
+            # against the mean of the two reference rounds around it, so load that comes and goes on the
+            # machine (another job, thermal state) cannot favour one side (docs/evaluator.md §3 "Baseline").
+            after = self._time_reference(fresh=True)
+            if timed.runtime_ms:
+                ref_ms = (before["median_ms"] + after["median_ms"]) / 2
+                timed = timed.replace(reference_runtime_ms=ref_ms, speedup=ref_ms / timed.runtime_ms)
+            before = after
+            out[i] = timed
             self.progress("time", done, len(todo))
             if on_result:
                 on_result(i, out[i])
@@ -384,8 +393,8 @@ class Evaluator:
         # Same-shape trials only (all but the perturbed one): >= 3 distinct input sets to rotate (§3).
         return [i for i, tag in enumerate(self._ref_tags) if not tag.startswith("perturbed")][: self.settings.trials]
 
-    def _time_reference(self) -> dict:
-        if self._ref_time is not None:
+    def _time_reference(self, fresh: bool = False) -> dict:
+        if self._ref_time is not None and not fresh:
             return self._ref_time
         from kopt.evaluator.targets import median_iqr
 
