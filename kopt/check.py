@@ -264,25 +264,13 @@ class _Machine:
         """None when this machine cannot run `target` kernels (no evaluator, no GPU)."""
         if target not in self._fp:
             try:
-                try:
-                    from kopt.evaluator import machine_fingerprint
-                except ImportError:
-                    machine_fingerprint = _fingerprint_fallback
+                from kopt.evaluator import machine_fingerprint
+
                 ok = target != "cuda" or _has_cuda()
                 self._fp[target] = machine_fingerprint(target) if ok else None
             except (ImportError, KoptError):
                 self._fp[target] = None
         return self._fp[target]
-
-
-def _fingerprint_fallback(target: str) -> dict[str, str]:
-    # Until kopt.evaluator exports machine_fingerprint: the same fields Evaluator.fingerprint() reports.
-    from kopt.evaluator.sandbox import detect_isolation
-    from kopt.evaluator.targets import get_target
-
-    t = get_target(target)
-    return {"target": target, "device": t.device_name(), "toolchain": json.dumps(t.toolchain(), sort_keys=True),
-            "isolation": detect_isolation()}
 
 
 def _has_cuda() -> bool:

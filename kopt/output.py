@@ -17,7 +17,7 @@ from typing import Any
 
 from kopt import __version__
 from kopt.errors import KoptError
-from kopt.records import Selection, Status
+from kopt.records import Selection
 
 
 def check_writable(out_dir: Path, force: bool) -> None:
@@ -213,7 +213,3 @@ def write_failure(pool, report: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def status_of(report_row: dict[str, Any]) -> Status:
-    return Status(report_row["status"])

@@ -8,7 +8,6 @@ and writes the winner. `kopt compare` and `kopt hook` reuse `build_pool`, so eve
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kopt import __version__
 from kopt.cache import Cache
 from kopt.config import kopt_home
 from kopt.errors import KoptError
@@ -343,7 +341,6 @@ def evaluate_candidates(pool: Pool, candidates: Sequence[Candidate]) -> None:
             pool.checked[c.index] = EvalResult.from_json(cached)
         else:
             todo.append(c)
-    pool.progress("checking", len(unique) - len(todo), len(unique))
     if not todo:
         return
     sources = [c.code for c in todo]
@@ -354,7 +351,6 @@ def evaluate_candidates(pool: Pool, candidates: Sequence[Candidate]) -> None:
         pool.checked[todo[j].index] = result
         pool.evaluated_now += 1
         pool.cache.set("check", pool._verdict_key(sources[j]), result.to_json())
-        pool.progress("checking", len(unique) - len(todo) + pool.evaluated_now, len(unique))
 
     results = pool.evaluator.check(sources, on_result=done)
     for j, result in enumerate(results):
@@ -434,9 +430,4 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
         cache.close()
 
 
-def options_dict(options: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(options)
-    return json.loads(json.dumps(d, default=str))
-
-
-__all__ = ["RunOptions", "OptimizeOptions", "Pool", "build_pool", "optimize", "OptimizeResult", "__version__"]
+__all__ = ["RunOptions", "OptimizeOptions", "Pool", "build_pool", "optimize", "OptimizeResult"]

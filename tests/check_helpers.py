@@ -87,12 +87,8 @@ def write_kernel(repo: Path, ref_rel: str = "models/affine.py", out_rel: str = "
     cand = Candidate(index=0, sample=sample, code=code, code_sha256=sha(code))
     pool = SimpleNamespace(candidates=[cand], samples=[sample])
     if device is None:
-        from kopt.check import _fingerprint_fallback
+        from kopt.evaluator import machine_fingerprint
 
-        try:
-            from kopt.evaluator import machine_fingerprint
-        except ImportError:
-            machine_fingerprint = _fingerprint_fallback
         device = machine_fingerprint(target)["device"] if target == "cpu" else "NVIDIA H100 80GB HBM3"
     report = {
         "kopt_version": "0.1.0",
