@@ -7,8 +7,9 @@ import json
 import typer
 
 from kopt.cli import options
+from kopt.cli.help import App
 
-app = typer.Typer(help="Inspect or clear kopt's cache of samples and verdicts.", no_args_is_help=True)
+app = App(help="Inspect or clear kopt's cache of samples and verdicts.", no_args_is_help=True)
 
 
 @app.command("info")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
-app = typer.Typer(help="Install a git hook that blocks merges bringing in stale or broken kernels.",
+from kopt.cli.help import App
+
+app = App(help="Install a git hook that blocks merges bringing in stale or broken kernels.",
                   no_args_is_help=True)
 
+Hook = Literal["pre-merge-commit", "pre-push"]
+Mode = Literal["check", "optimize"]
 HookOpt = typer.Option("pre-merge-commit", "--hook", help="pre-merge-commit (runs during `git merge`) or pre-push.")
 
 
 @app.command("install")
 def install(
-    hook: str = HookOpt,
-    mode: str = typer.Option("check", "--mode", help="check: block stale or broken kernels; optimize: re-record stale kernels from their recorded samples, then block so you can commit them."),
+    hook: Hook = HookOpt,
+    mode: Mode = typer.Option("check", "--mode", help="check: block stale or broken kernels; optimize: re-record stale kernels from their recorded samples, then block so you can commit them."),
 ) -> None:
     """Write .git/hooks/<hook>; a hook already there is kept as <hook>.legacy and still runs first."""
     import sys
@@ -48,8 +52,8 @@ def uninstall(hook: str = HookOpt) -> None:
 
 @app.command("run", hidden=True)
 def run(
-    hook: str = HookOpt,
-    mode: str = typer.Option("check", "--mode", help="check or optimize."),
+    hook: Hook = HookOpt,
+    mode: Mode = typer.Option("check", "--mode", help="check or optimize."),
     args: Optional[List[str]] = typer.Argument(None, help="What git passed to the hook."),
 ) -> int:
     """What the installed hook calls (not for direct use)."""
