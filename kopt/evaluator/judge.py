@@ -4,6 +4,11 @@ All three conditions must hold (hacking-and-sandbox.md §2): exact shape and dty
 reference is (same positions and signs); elementwise |a-b| <= atol + rtol*|b| with KernelBench's tolerances
 (PR #80: 1e-4 fp32, 1e-2 fp16/bf16); and a normalised error ||a-b||/||b|| <= 1e-3 (fp32) / 1e-2 (half), so
 all-zero or near-constant outputs fail (hack #2; when ||b|| == 0 the output must be 0 too).
+
+With the float64 oracle (oracle.py: the reference run in double precision on the same inputs), one more: the
+candidate's error against the oracle, relative L2 and largest-element, is at most 4x the reference's own error
+plus a few ulps of the output dtype (oracle.budget), so a kernel that is less accurate than the reference in a
+way the 1e-4 tolerance cannot see (fp16 accumulation, TF32, a crude erf) fails, and an honest reordering passes.
 """
 
 from __future__ import annotations
@@ -68,7 +73,41 @@ def compare(out, ref, index: int, atol: float | None, rtol: float | None) -> str
     return None
 
 
-def compare_all(outs, refs, atol: float | None, rtol: float | None) -> str | None:
+# Every reason from the oracle rule contains this, so a caller can tell "less accurate" from "wrong".
+LESS_ACCURATE = "less accurate than the reference"
+
+
+def compare_oracle(out, ref, oracle, index: int, ref_err=None, factor: float | None = None) -> str | None:
+    """None when `out` is within the oracle budget (oracle.budget) of the float64 `oracle`; else the reason.
+
+    `ref_err` is the reference's own ErrorStats against the oracle (oracle.reference_errors computes it once
+    per input set); None recomputes it from `ref`. Outputs the measure does not cover (integer, float64, an
+    all-zero oracle) pass here: compare() judges them."""
+    from kopt.evaluator import oracle as orc
+
+    if oracle is None:
+        return None
+    got = orc.error_stats(out, oracle, ref)
+    if got is None:
+        return None
+    mine = ref_err if ref_err is not None else orc.error_stats(ref, oracle)
+    limit = orc.budget(mine, ref.dtype, orc.FACTOR if factor is None else factor)
+    base = mine or orc.ErrorStats(0.0, 0.0)
+    for label, value, cap, own in (("relative L2", got.rel_l2, limit.rel_l2, base.rel_l2),
+                                   ("largest-element", got.rel_max, limit.rel_max, base.rel_max)):
+        if value > cap:
+            times = f" ({value / own:.0f}x the reference's)" if own > 0 else ""
+            return (f"output {index} is {LESS_ACCURATE}: {label} error {value:.2g} against a float64 run of the "
+                    f"reference{times}, over the budget {cap:.2g}; half-precision arithmetic or accumulation, "
+                    f"TF32 or a cheaper approximation inside a {str(ref.dtype).replace('torch.', '')} task?")
+    return None
+
+
+def compare_all(outs, refs, atol: float | None, rtol: float | None, *, oracle=None, ref_err=None,
+                oracle_factor: float | None = None) -> str | None:
+    """None when every output passes compare() and, given the float64 `oracle` outputs (one per output, as
+    oracle.run_oracle returns them), compare_oracle(); else the first reason. `ref_err`: the reference's own
+    errors (oracle.reference_errors(refs, oracle)), to compute them once per input set instead of per call."""
     if outs is None:
         return "no outputs"
     if len(outs) != len(refs):
@@ -77,6 +116,12 @@ def compare_all(outs, refs, atol: float | None, rtol: float | None) -> str | Non
         why = compare(o, r, i, atol, rtol)
         if why:
             return why
+    if oracle is not None and len(oracle) == len(refs):
+        for i, (o, r) in enumerate(zip(outs, refs)):
+            mine = ref_err[i] if ref_err is not None and i < len(ref_err) else None
+            why = compare_oracle(o, r, oracle[i], i, mine, oracle_factor)
+            if why:
+                return why
     return None
 
 
