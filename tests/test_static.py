@@ -260,18 +260,41 @@ def test_subclasses_and_introspection(header, needle):
 
 # ---- load_inline arguments -------------------------------------------------------------------------------
 
+# The gate applies kopt/evaluator/flags.py to literal build arguments (tests/test_flags.py has the policy).
 @pytest.mark.parametrize("kwargs, needle", [
     (", extra_include_paths=['/root']", "extra_include_paths"),
-    (", extra_ldflags=['-lcurl']", "extra_ldflags"),
+    (", extra_ldflags=['-lcurl']", "-lcurl"),
+    (", extra_ldflags=['-Wl,-rpath,/tmp']", "linker"),
+    (", extra_cflags=['-include', '/etc/passwd']", "forces an include"),
     (", build_directory='/tmp/x'", "build_directory"),
-    (", **opts", "**kwargs"),
+    (", build_directory=opts['d']", "build_directory"),
 ])
-def test_build_kwargs_rejected(kwargs, needle):
+def test_build_kwargs_from_elsewhere_rejected(kwargs, needle):
     rejected(variant(header="opts = {}", kwargs=kwargs), needle)
 
 
-def test_extra_cflags_warned():
-    warned(variant(kwargs=", extra_cflags=['-O3']"), "extra_cflags")
+@pytest.mark.parametrize("kwargs", [
+    ", extra_cflags=['-O3']", ", extra_cflags=['-O3', '-march=native'], extra_ldflags=['-fopenmp']",
+    ", extra_ldflags=['-lgomp']", ", extra_cflags=['-std=c++17', '-funroll-loops']",
+])
+def test_honest_build_flags_pass_clean(kwargs):
+    assert check_source(variant(kwargs=kwargs), "cpu") == StaticReport((), ())
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (", extra_cflags=[''], extra_ldflags=['']", "empty"),  # KernelBench's one-shot example writes exactly this
+    (", extra_cflags=['-ffast-math']", "floating-point"),
+    (", extra_cflags=flags", "<computed>"),
+    (", **opts", "**kwargs"),
+])
+def test_harmless_build_kwargs_warned(kwargs, needle):
+    warned(variant(header="opts = {}\nflags = ['-O3']", kwargs=kwargs), needle)
+
+
+def test_cublas_link_flag_passes_on_cuda():
+    src = HONEST_CUDA.replace('functions=["relu"])', 'functions=["relu"], extra_ldflags=["-lcublas"])')
+    assert "-lcublas" in src
+    assert check_source(src, "cuda") == StaticReport((), ())
 
 
 # ---- C++ token rules -------------------------------------------------------------------------------------
@@ -284,10 +307,10 @@ def test_extra_cflags_warned():
     ("void f() { std::thread t([]{}); t.detach(); }", "std::thread"),
     ("void f() { pthread_create(0, 0, 0, 0); }", "pthread_create"),
     ("void f() { auto r = std::async([]{ return 1; }); }", "std::async"),
-    ("void f() { fork(); }", "fork("),
+    ("void f() { fork(); }", "forks the process"),
     ('void f() { system("id"); }', "system("),
     ('void f() { popen("id", "r"); }', "popen("),
-    ('void f() { execvp("sh", 0); }', "execvp("),
+    ('void f() { execvp("sh", 0); }', "execvp"),
     ('void f() { dlopen("libc.so.6", 1); }', "dlopen"),
     ("void f() { socket(2, 1, 0); }", "socket("),
     ('void f() { asm volatile("nop"); }', "asm"),
@@ -354,3 +377,137 @@ def test_getattr_with_computed_name_warned():
 def test_reasons_carry_line_numbers():
     report = rejected(variant(header="import time\ntime.perf_counter_ns = lambda: 0"), "perf_counter_ns")
     assert any(r.startswith("line 4:") for r in report.rejections), report.rejections
+
+
+# ---- precision: what honest code writes passes (each rule above names the hack it stops) -----------------
+
+@pytest.mark.parametrize("cpp", [
+    "torch::Tensor g(torch::Tensor x) { auto y = x.clone(); return y; }",
+    "torch::Tensor g(torch::Tensor x) { auto y = x->clone(); return y; }",
+    'torch::Tensor g(torch::Tensor x) { TORCH_CHECK(x.dim() == 2, "see http://x"); return x; }',
+    "#include <vector>\n#include <cmath>\n#include <immintrin.h>\n#include <ATen/ATen.h>\n#include <omp.h>",
+    "#define CAT(a, b) a##b\nint CAT(tile_, 32) = 0;",
+])
+def test_honest_cpp_passes(cpp):
+    report = check_source(variant(cpp=cpp), "cpu")
+    assert report.ok, report.rejections
+
+
+@pytest.mark.parametrize("cpp, needle", [
+    ('void f() { auto p = &::system; p("id"); }', "shell"),
+    ('void f() { std::system("id"); }', "shell"),
+    ('void f() { const char* s = "//"; system("id"); }', "shell"),  # a // inside a string is not a comment
+    ("void f() { long r = syscall(39); }", "system calls"),
+    ("void f() { auto p = &syscall; }", "system calls"),
+    ('void f() { __asm__ __volatile__(".incbin \\"/etc/passwd\\""); }', "assembly"),
+    ('const char* s = ".incbin";', ".incbin"),
+    ("#embed </etc/passwd>", "#embed"),
+    ("#if __has_include(</root/.ssh/id_rsa>)\n#endif", "__has_include"),
+    ("#include_next <vector>", "include_next"),
+    ('%:include "/etc/passwd"', "/etc/passwd"),  # digraph for #
+    ('#inc\\\nlude "/etc/passwd"', "/etc/passwd"),  # line splice
+    ("??=include <vector>", "trigraph"),
+    ('#include "secret.txt"', "secret.txt"),
+    ("#include <unistd.h>", "unistd.h"),
+    ('#define CAT(a, b) a##b\nvoid f() { CAT(__as, m__)("nop"); }', "token pasting"),
+    ('#define A as\n#define B m\n#define C(a, b) a##b\n#define X(a, b) C(a, b)\nvoid f() { X(A, B)("nop"); }',
+     "token pasting"),
+    ("#define C(a, b) a##b\nlong f() { return C(sys, call)(39); }", "token pasting"),
+])
+def test_cpp_rules_mean_what_they_say(cpp, needle):
+    rejected(variant(cpp=cpp), needle)
+
+
+def test_self_dict_read_in_extra_repr_passes():
+    body = ('    def extra_repr(self):\n        return "{eps}".format(**self.__dict__)\n')
+    assert check_source(variant(body=body), "cpu").ok
+
+
+def test_other_dict_still_rejected():
+    rejected(variant(forward="torch.__dict__['allclose'] = 0\n        return _ext.relu(x)"), "__dict__")
+
+
+@pytest.mark.parametrize("header", [
+    "try:\n    import numpy as np\nexcept ImportError:\n    np = None",
+    "try:\n    from torch.utils.cpp_extension import load_inline as _li\nexcept (ImportError, ModuleNotFoundError):\n"
+    "    pass",
+])
+def test_optional_import_passes(header):
+    assert check_source(variant(header=header), "cpu").ok
+
+
+@pytest.mark.parametrize("header", [
+    "try:\n    import numpy as np\nexcept Exception:\n    np = None",
+    "try:\n    import numpy as np\n    y = np.zeros(3)\nexcept ImportError:\n    pass",
+    "try:\n    import numpy as np\nexcept ImportError:\n    def f(): return torch.relu",
+])
+def test_try_that_is_more_than_an_import_guard_rejected(header):
+    rejected(variant(header=header), "try/except")
+
+
+@pytest.mark.parametrize("header, ok, needle", [
+    ("torch.backends.cuda.matmul.allow_tf32 = True", False, "fp32 precision"),
+    ("torch.backends.cudnn.allow_tf32 = True", False, "fp32 precision"),
+    ("torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True", False, "fp32 precision"),
+    ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", False, "fp32 precision"),
+    ("torch.set_float32_matmul_precision('high')", False, "TF32"),
+    ("torch.backends.cuda.matmul.allow_tf32 = False", True, None),
+    ("torch.set_float32_matmul_precision('highest')", True, None),
+    ("torch.backends.cudnn.benchmark = True", True, "autotuning"),
+    ("torch.backends.cudnn.deterministic = True", True, "determinism"),
+])
+def test_torch_backends_writes_have_their_own_reason(header, ok, needle):
+    report = check_source(variant(header=header), "cpu")
+    assert report.ok is ok, report
+    if not ok:
+        assert any(needle in r and "patching" not in r for r in report.rejections), report.rejections
+    elif needle:
+        assert any(needle in w for w in report.warnings), report.warnings
+
+
+def test_tf32_only_a_warning_when_the_task_is_not_fp32():
+    report = check_source(variant(header="torch.backends.cuda.matmul.allow_tf32 = True"), "cpu", fp32_task=False)
+    assert report.ok and any("fp32 precision" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("header, needle", [
+    ("import kopt", "imports kopt"),
+    ("from kopt.evaluator import judge", "imports kopt"),
+    ("import kopt_child.harness", "kopt_child"),
+    ("from kopt_child import harness", "kopt_child"),
+    ("import __main__", "__main__"),
+    ("m = [torch][0]\nsetattr(m, 'allclose', lambda *a, **k: True)", "alias"),
+    ("m = [torch][0]\nm.allclose = lambda *a, **k: True", "torch.allclose"),
+    ("m = torch\nm.cuda.synchronize = lambda: None", "torch.cuda.synchronize"),
+    ("m = (0, torch)[1]\nm.equal = lambda *a: True", "torch.equal"),
+    ("for m in [torch]:\n    m.allclose = lambda *a, **k: True", "torch.allclose"),
+    ("getattr(torch, 'cuda').synchronize = lambda: None", "torch.<attr>.synchronize"),
+    ("setattr(getattr(torch, 'testing'), 'assert_close', lambda *a, **k: None)", "setattr()"),
+    ("def patch(m):\n    m.allclose = lambda *a, **k: True\npatch(torch)", "passes the module torch"),
+    ("def patch(m=torch):\n    m.allclose = 0", "binds the module torch"),
+    ("object.__setattr__(torch, 'allclose', 0)", "__setattr__"),
+    ("type(torch.zeros(1)).__eq__ = lambda *a: True", "type(...)"),
+    ("setattr(type(torch.zeros(1)), '__eq__', lambda *a: True)", "type(...)"),
+    ("x = torch.zeros(1)\nx.__class__ = object", "__class__"),
+    ("t = locals()['torch']", "locals"),
+    ("import sys\nsys.modules['torch'].allclose = 0", "sys.modules"),
+    ("import importlib\nm = importlib.import_module('time')", "importlib"),
+    ("m = __import__('time')", "__import__"),
+    ("v = vars(torch)", "vars"),
+    ("g = globals()['torch']", "globals"),
+])
+def test_harness_and_aliasing_tricks_rejected(header, needle):
+    rejected(variant(header=header), needle)
+
+
+@pytest.mark.parametrize("body", [
+    "    def build(self):\n        setattr(self, 'w', torch.nn.Parameter(torch.ones(2)))\n",
+    "    def build(self):\n        self.act = torch.nn.functional.relu\n        self.n = 3\n",
+    "    def build(self, ctx, x):\n        ctx.n = x.numel()\n        return ctx\n",
+    "    def build(self):\n        conv = torch.nn.Conv2d(1, 1, 1)\n        conv.weight.requires_grad = False\n",
+    "    def build(self):\n        return isinstance(self, torch.nn.Module) and hasattr(torch, 'compile')\n",
+    "    def __setattr__(self, k, v):\n        super().__setattr__(k, v)\n",
+])
+def test_honest_attribute_writes_pass(body):
+    report = check_source(variant(body=body), "cpu")
+    assert report.ok, report.rejections

@@ -19,6 +19,8 @@ import ast
 import re
 from dataclasses import dataclass
 
+from kopt.evaluator.static_cpp import check_includes, looks_like_cpp, scan_cpp, strip_comments
+
 TARGETS = ("cpu", "cuda")
 
 
@@ -60,6 +62,9 @@ BANNED_MODULES: dict[str, str] = {
     "mmap": "maps files or shared memory (replay through /dev/shm; hack §1 row 9)",
     "shutil": "touches the filesystem (candidates never need files)",
     "tempfile": "touches the filesystem (candidates never need files)",
+    "kopt": "imports kopt itself (the harness: can read the reference or patch the judge; hack §1 row 17)",
+    "kopt_child": "imports kopt's child harness (can patch the call loop or forge its hashes; hack §1 row 8)",
+    "__main__": "reaches the main module (the harness that imported the candidate; hack §1 row 17)",
 }
 
 # Fully qualified names (after resolving import aliases) that are rejected wherever they appear.
@@ -111,6 +116,7 @@ BANNED_BUILTINS: dict[str, str] = {
     "globals": "reaches module globals by name (can patch or read the harness)",
     "vars": "reaches object dictionaries (can patch or read the harness)",
     "breakpoint": "starts a debugger",
+    "locals": "reaches local variables by name (aliases a module past the gate's view)",
 }
 
 # Attribute names (and equal string constants, for getattr(x, "...")) used for introspection.
@@ -138,16 +144,9 @@ BANNED_ATTRS: dict[str, str] = {
 # Bases that make a class a tensor subclass (hack §1 row 7: an output that computes only when compared).
 TENSOR_BASES = ("torch.Tensor", "torch._C.TensorBase", "torch._C._TensorBase", "torch._tensor.Tensor")
 
-# load_inline keywords that are kopt's to set, never the candidate's.
-REJECTED_KWARGS: dict[str, str] = {
-    "extra_include_paths": "sets include paths (kopt owns the build; can pull in files from anywhere)",
-    "extra_ldflags": "sets linker flags (kopt owns the build; can link arbitrary libraries)",
-    "build_directory": "sets the build directory (kopt owns build dirs; can overwrite other builds)",
-}
-DROPPED_KWARGS: dict[str, str] = {
-    "extra_cflags": "passes extra_cflags, which kopt drops (kopt sets the compiler flags)",
-    "extra_cuda_cflags": "passes extra_cuda_cflags, which kopt drops (kopt sets the compiler flags)",
-}
+# load_inline build keywords: judged by kopt/evaluator/flags.py (the same policy the build applies to the call
+# it captures), here on their literal values so a flag that brings files from elsewhere fails before any build.
+FLAG_KWARGS = ("extra_cflags", "extra_cuda_cflags", "extra_ldflags", "extra_include_paths", "build_directory")
 
 # torch calls that only allocate, convert or describe tensors: not library compute, so no warning.
 TORCH_NON_COMPUTE = frozenset({
@@ -178,98 +177,37 @@ PRECISION_NAMES: dict[str, str] = {
 PRECISION_ATTRS: dict[str, str] = {
     "allow_tf32": "touches TF32 (precision loss; hack §1 row 13)",
     "half": "casts to float16 (precision loss; hack §1 row 13)",
-    "set_float32_matmul_precision": "lowers fp32 matmul precision (TF32; hack §1 row 13)",
 }
+# torch.backends settings written by a candidate (they last for the candidate's whole process). Lowering fp32
+# precision is hack §1 row 13 (TF32 matmuls pass a loose tolerance at a fraction of the cost): rejected for fp32
+# tasks unless the value written keeps full precision. Algorithm selection only changes speed and run-to-run
+# determinism: a warning.
+BACKEND_PRECISION = ("allow_tf32", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction",
+                     "fp32_precision")
+BACKEND_PRECISE_VALUES = (False, "ieee", "highest")
+BACKEND_WARN = {"benchmark": "cuDNN autotuning changes which algorithm runs (timing varies run to run)",
+                "deterministic": "cuDNN determinism changes which algorithm runs"}
 STREAM_NAMES = ("torch.cuda.Stream", "torch.cuda.stream", "torch.cuda.ExternalStream")
 
 
-# ---- C++/CUDA rules (regex over the kernel strings, comments stripped) -------------------------------------
+# ---- C++/CUDA rules: kopt/evaluator/static_cpp.py ---------------------------------------------------------
 
-CPP_REJECT: dict[str, str] = {
-    r"\bstd\s*::\s*j?thread\b": "starts a C++ thread (work can escape the timed window; hack §1 row 6)",
-    r"\bpthread_create\b": "starts a thread (work can escape the timed window; hack §1 row 6)",
-    r"\bstd\s*::\s*async\b": "starts asynchronous work (can escape the timed window; hack §1 row 6)",
-    r"\b(?:v?fork|clone3?)\s*\(": "forks the process",
-    r"\bsystem\s*\(": "runs a shell command",
-    r"\bpopen\s*\(": "runs a shell command",
-    r"\bexec(?:l|lp|le|v|vp|vpe|ve)\s*\(": "replaces the process with another program",
-    r"\bposix_spawnp?\s*\(": "runs another program",
-    r"\bdlopen\b|\bdlsym\b": "loads libraries at run time",
-    r"\bsocket\s*\(": "opens a network socket",
-    r"\b(?:asm|__asm__|__asm)\b": "contains inline assembly (cannot be checked)",
-    r"\bsyscall\s*\(": "makes raw system calls",
-    r"\b(?:secure_)?getenv\s*\(|\benviron\b": "reads the environment (API keys live there)",
-    r"\bfopen\s*\(|\bstd\s*::\s*[io]?fstream\b": "opens files (candidates never need files)",
-    r"\bPy(?:Run|Import|Eval)_\w+|\bpy(?:bind11)?\s*::\s*(?:exec|eval|module_?\s*::\s*import)\b":
-        "reaches into the Python interpreter from C++ (can patch the harness)",
-}
-CPP_WARN: dict[str, str] = {
-    r"\bcudaStreamCreate\w*|\bgetStreamFromPool\b": "creates a CUDA stream (work can escape the timing events; hack §1 row 5)",
-    r"\bcudaLimitPersistingL2CacheSize\b|\baccessPolicyWindow\b": "sets a persisting-L2 window (survives the cache flush; hack §1 row 15)",
-    r"\b__float2half\w*|\b__half2?\b|\b__nv_bfloat16\b|\bwmma\b|\btf32\b": "uses fp16/bf16/TF32 inside an fp32 task (precision loss; hack §1 row 13)",
-    r"\bcublas\w+|\bcudnn\w+": "calls cuBLAS/cuDNN (a library does the work)",
-}
-# at::/torch:: names in C++ that only allocate or describe tensors; any other `at::name(` is a library op.
-CPP_NON_COMPUTE = frozenset({
-    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like",
-    "Tensor", "TensorOptions", "Scalar", "ScalarType", "IntArrayRef", "Device", "DeviceGuard", "device",
-    "dtype", "from_blob", "scalar_type", "get_num_threads", "set_num_threads", "parallel_for",
-    "indexing", "NoGradGuard", "InferenceMode", "arange", "tensor",
-})
-_CPP_OP = re.compile(r"\b(?:at|torch)\s*::\s*(?:(?:native|cuda|indexing)\s*::\s*)?([A-Za-z_]\w*)\s*\(")
-_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*(.*)$", re.MULTILINE)
-_CPP_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
-_CPP_MARKERS = ("#include", "torch::", "__global__", "at::", "{", ";", "#pragma", "#define")
-
-
-# ---- the checker --------------------------------------------------------------------------------------
-
-def _looks_like_cpp(text: str) -> bool:
-    return any(m in text for m in _CPP_MARKERS)
-
-
-def _strip_cpp_comments(text: str) -> str:
-    return _CPP_COMMENT.sub(" ", text)
-
-
-def _check_includes(text: str, add, computed: bool = True) -> None:
-    """Reject absolute/'..' include paths; with `computed`, also `#include MACRO` (a path the regex can't see).
-
-    The whole-source pass uses computed=False: a Python comment such as `# include the header` is not C++.
-    """
-    for m in _INCLUDE.finditer(text):
-        arg = m.group(1).strip()
-        pm = re.match(r'^[<"]([^>"]*)[>"]', arg)
-        if not pm:
-            if computed:
-                add(f"computed #include {arg[:60]!r}: include headers by a literal <name> or \"name\"")
-            continue
-        path = pm.group(1).strip()
-        if path.startswith(("/", "~")) or ".." in path.replace("\\", "/").split("/"):
-            add(f"#include of {path!r}: absolute or '..' include paths can read any file on the machine "
-                "(leaks it through compiler errors; hack §5 row 16)")
-
-
-def _scan_cpp(text: str, rejections: list[str], warnings: list[str]) -> None:
-    code = _strip_cpp_comments(text)
-    for pattern, reason in CPP_REJECT.items():
-        m = re.search(pattern, code)
-        if m:
-            rejections.append(f"C++ source uses `{m.group(0).strip()}`: {reason}")
-    for pattern, reason in CPP_WARN.items():
-        m = re.search(pattern, code)
-        if m:
-            warnings.append(f"C++ source uses `{m.group(0).strip()}`: {reason}")
-    ops = sorted({m.group(1) for m in _CPP_OP.finditer(code)
-                  if m.group(1) not in CPP_NON_COMPUTE and not m.group(1).startswith("k")})
-    if ops:
-        warnings.append("C++ source calls library ops " + ", ".join(f"at::{o}" for o in ops[:6])
-                        + ": the library, not the candidate's kernel, does that work")
+# load_inline keywords that are not build flags and change nothing kopt relies on.
+BENIGN_KWARGS = frozenset({"name", "cpp_sources", "cuda_sources", "functions", "verbose", "with_cuda",
+                           "is_python_module", "with_pytorch_error_handling", "keep_intermediates", "use_pch",
+                           "is_standalone", "sycl_sources"})
+# Calls that take a module as an argument without patching it.
+MODULE_ARG_OK = frozenset({"isinstance", "getattr", "hasattr", "id", "type", "repr", "str", "print", "callable"})
 
 
 class _Checker(ast.NodeVisitor):
-    def __init__(self, target: str):
+    def __init__(self, target: str, fp32_task: bool = True):
         self.target = target
+        self.fp32_task = fp32_task
+        self.modules: set[str] = set()  # names bound by `import x [as y]`: module objects
+        self.mod_names: dict[str, str] = {}  # local names that may hold a module (`m = [torch][0]`)
+        self.mod_attrs: dict[str, str] = {}  # self.<attr> that may hold a module (`self.t = torch`)
+        self.handled: set[int] = set()  # attribute stores judged by a more specific rule
         self.rejections: list[str] = []
         self.warnings: list[str] = []
         self.aliases: dict[str, str] = {}  # local name -> fully qualified name
@@ -301,6 +239,56 @@ class _Checker(ast.NodeVisitor):
             return f"{base}.{node.attr}" if base else None
         return None
 
+    def module_valued(self, node: ast.AST) -> str | None:
+        """The module (or module attribute) this expression may evaluate to, through aliases and containers
+        (`m = [torch][0]`, `getattr(torch, "cuda")`), else None. A call's result is a value, not a module."""
+        if isinstance(node, ast.Name):
+            return self.aliases.get(node.id) or self.mod_names.get(node.id)
+        if isinstance(node, ast.Attribute):
+            qn = self.qualname(node)
+            if qn:
+                return qn
+            if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in self.mod_attrs:
+                return self.mod_attrs[node.attr]
+            base = self.module_valued(node.value)
+            return f"{base}.{node.attr}" if base else None
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id == "getattr" and node.args:
+                base = self.module_valued(node.args[0])
+                return f"{base}.<attr>" if base else None
+            return None
+        if isinstance(node, (ast.Lambda, ast.FunctionDef)):
+            return None
+        for child in ast.iter_child_nodes(node):  # [torch][0], (x, torch)[1], torch if c else os
+            found = self.module_valued(child)
+            if found:
+                return found
+        return None
+
+    def bare_module(self, node: ast.AST) -> str | None:
+        """A module object itself (`torch`, `m` after `m = torch`), not one of its attributes."""
+        if isinstance(node, ast.Name):
+            if node.id in self.modules:
+                return self.aliases[node.id]
+            qn = self.mod_names.get(node.id)
+            return qn if qn and qn.split(".")[0] in self.modules | set(self.aliases.values()) else None
+        return None
+
+    def bind(self, target: ast.AST, value: ast.AST) -> None:
+        """Track names and self attributes that may hold a module (aliasing past the qualified-name rules)."""
+        mod = self.module_valued(value)
+        for t in ast.walk(target) if isinstance(target, (ast.Tuple, ast.List)) else [target]:
+            if isinstance(t, ast.Name):
+                if mod:
+                    self.mod_names[t.id] = mod
+                else:
+                    self.mod_names.pop(t.id, None)
+            elif isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                if mod:
+                    self.mod_attrs[t.attr] = mod
+                else:
+                    self.mod_attrs.pop(t.attr, None)
+
     def in_runtime_code(self) -> bool:
         # forward-time code: any function other than a constructor (module level runs once at import)
         return bool(self.func_stack) and self.func_stack[-1] != "__init__"
@@ -330,8 +318,10 @@ class _Checker(ast.NodeVisitor):
             self.check_qualname(node, a.name)
             if a.asname:
                 self.aliases[a.asname] = a.name
+                self.modules.add(a.asname)
             else:
                 self.aliases[root] = root
+                self.modules.add(root)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         mod = "." * node.level + (node.module or "")
@@ -366,17 +356,58 @@ class _Checker(ast.NodeVisitor):
             self.check_qualname(node, qn)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        if node.attr in BANNED_ATTRS:
+        own_dict = (node.attr == "__dict__" and isinstance(node.value, ast.Name) and node.value.id == "self"
+                    and isinstance(node.ctx, ast.Load))
+        if node.attr in BANNED_ATTRS and not own_dict:  # reading the model's own attributes reaches nothing else
             self.reject(node, f"uses .{node.attr}: {BANNED_ATTRS[node.attr]}")
-        if node.attr in PRECISION_ATTRS:
+        if node.attr in PRECISION_ATTRS and isinstance(node.ctx, ast.Load):
             self.warn(node, f".{node.attr}: {PRECISION_ATTRS[node.attr]}")
         qn = self.qualname(node)
         if qn:
             self.check_qualname(node, qn)
-            if isinstance(node.ctx, (ast.Store, ast.Del)):
-                self.reject(node, f"assigns or deletes {qn}: patching imported modules (the timer, torch, "
-                                  "comparison functions) games the harness (hack §1 row 8)")
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and id(node) not in self.handled:
+            self._check_attr_store(node, qn)
         self.generic_visit(node)
+
+    def _check_attr_store(self, node: ast.Attribute, qn: str | None) -> None:
+        if node.attr == "__class__":
+            self.reject(node, "assigns __class__: turns an object into another class (a tensor into a lazy "
+                              "subclass; hack §1 row 7)")
+            return
+        base = node.value
+        if (isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "type") or (
+                isinstance(base, ast.Attribute) and base.attr == "__class__"):
+            self.reject(node, f"assigns .{node.attr} on type(...)/__class__: patches a class such as torch.Tensor "
+                              "(its comparison or copy; hack §1 row 8)")
+            return
+        target = qn or self.module_valued(base)
+        if target and not qn:
+            target = f"{target}.{node.attr}"
+        if target:
+            self.reject(node, f"assigns or deletes {target}: patching imported modules (the timer, torch, "
+                              "comparison functions), here or through an alias, games the harness (hack §1 row 8)")
+
+    def _check_backend_write(self, target: ast.Attribute, value: ast.AST | None) -> bool:
+        """`torch.backends.*.x = v`: its own reason. True if the target was a torch.backends setting."""
+        qn = self.qualname(target)
+        if not qn or not qn.startswith("torch.backends."):
+            return False
+        self.handled.add(id(target))
+        literal = value.value if isinstance(value, ast.Constant) else object()
+        if target.attr in BACKEND_PRECISION:
+            if literal in BACKEND_PRECISE_VALUES:
+                return True
+            msg = (f"sets {qn}: lowers fp32 precision for the whole process (TF32 or reduced-precision "
+                   "reductions pass a loose tolerance at a fraction of the cost; hack §1 row 13)")
+            if self.fp32_task:
+                self.reject(target, msg + "; not allowed in an fp32 task")
+            else:
+                self.warn(target, msg)
+        elif target.attr in BACKEND_WARN:
+            self.warn(target, f"sets {qn}: {BACKEND_WARN[target.attr]}")
+        else:
+            self.warn(target, f"sets {qn}: changes a torch backend setting for the candidate's process")
+        return True
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, str):
@@ -385,8 +416,9 @@ class _Checker(ast.NodeVisitor):
 
     # -- statements --
     def visit_Try(self, node: ast.AST) -> None:
-        self.reject(node, "try/except: a fallback can route around the kernel (KernelBench PR #110); "
-                          "let errors propagate")
+        if not _is_import_guard(node):
+            self.reject(node, "try/except: a fallback can route around the kernel (KernelBench PR #110); "
+                              "let errors propagate")
         self.generic_visit(node)
 
     visit_TryStar = visit_Try
@@ -400,6 +432,10 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Assign(self, node: ast.Assign) -> None:
         self._check_store_targets(node.targets)
+        for t in node.targets:
+            if isinstance(t, ast.Attribute):
+                self._check_backend_write(t, node.value)
+            self.bind(t, node.value)
         # The extension module and its aliases (`self.mod = _ext`): calls on them are the kernel.
         if (isinstance(node.value, ast.Call) and self._is_load_inline(node.value)) or self._is_ext(node.value):
             for t in node.targets:
@@ -413,6 +449,27 @@ class _Checker(ast.NodeVisitor):
         self._check_store_targets([node.target])
         self.generic_visit(node)
 
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            if isinstance(node.target, ast.Attribute):
+                self._check_backend_write(node.target, node.value)
+            self.bind(node.target, node.value)
+        self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.bind(node.target, node.value)
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        self.bind(node.target, node.iter)  # `for m in [torch]: m.allclose = ...`
+        self.generic_visit(node)
+
+    def visit_With(self, node: ast.With) -> None:
+        for item in node.items:
+            if item.optional_vars is not None:
+                self.bind(item.optional_vars, item.context_expr)
+        self.generic_visit(node)
+
     def visit_Delete(self, node: ast.Delete) -> None:
         self._check_store_targets(node.targets)
         self.generic_visit(node)
@@ -420,6 +477,11 @@ class _Checker(ast.NodeVisitor):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         if node.name in BANNED_ATTRS:
             self.reject(node, f"defines {node.name}: {BANNED_ATTRS[node.name]}")
+        for d in [*node.args.defaults, *node.args.kw_defaults]:
+            mod = d is not None and self.bare_module(d)
+            if mod:
+                self.reject(d, f"binds the module {mod} to a parameter: a function can then patch it under "
+                               "another name (hack §1 row 8)")
         self.func_stack.append(node.name)
         self.generic_visit(node)
         self.func_stack.pop()
@@ -459,9 +521,35 @@ class _Checker(ast.NodeVisitor):
             self._check_load_inline(node)
         name = node.func.id if isinstance(node.func, ast.Name) else None
         if name in ("setattr", "delattr") and node.args:
-            obj = self.qualname(node.args[0])
+            obj = self.module_valued(node.args[0])
             if obj:
-                self.reject(node, f"{name}() on {obj}: patching imported modules games the harness (hack §1 row 8)")
+                self.reject(node, f"{name}() on {obj}: patching imported modules, here or through an alias, games "
+                                  "the harness (hack §1 row 8)")
+            elif (isinstance(node.args[0], ast.Call) and isinstance(node.args[0].func, ast.Name)
+                  and node.args[0].func.id == "type"):
+                self.reject(node, f"{name}() on type(...): patches a class such as torch.Tensor (hack §1 row 8)")
+        if isinstance(node.func, ast.Attribute) and node.func.attr in ("__setattr__", "__delattr__"):
+            first = node.args[0] if node.args else None
+            on_self = (isinstance(node.func.value, ast.Name) and node.func.value.id == "self") or (
+                isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
+                and node.func.value.func.id == "super") or (isinstance(first, ast.Name) and first.id == "self")
+            if not on_self:
+                self.reject(node, f"calls {node.func.attr} on something other than the model itself: patches "
+                                  "another object's attributes past the assignment rules (hack §1 row 8)")
+        if name not in MODULE_ARG_OK and not self._is_load_inline(node):
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                mod = self.bare_module(arg)
+                if mod:
+                    self.reject(arg, f"passes the module {mod} to a call: a function can then patch it under "
+                                     "another name (hack §1 row 8)")
+        if qn == "torch.set_float32_matmul_precision":
+            arg = node.args[0] if node.args else None
+            if not (isinstance(arg, ast.Constant) and arg.value == "highest"):
+                msg = ("torch.set_float32_matmul_precision(...) lowers fp32 matmul precision (TF32; hack §1 row 13)")
+                if self.fp32_task:
+                    self.reject(node, msg + "; not allowed in an fp32 task")
+                else:
+                    self.warn(node, msg)
         if name == "getattr" and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant):
             self.warn(node, "getattr() with a computed name: the gate cannot see what it reaches")
         if qn and self.in_runtime_code():
@@ -490,17 +578,53 @@ class _Checker(ast.NodeVisitor):
                 return
 
     def _check_load_inline(self, node: ast.Call) -> None:
+        from kopt.evaluator.flags import classify
+
         kw = {k.arg: k.value for k in node.keywords}
         if None in kw:
-            self.reject(node, "load_inline(**kwargs): kopt must see every build argument")
-        for k, reason in REJECTED_KWARGS.items():
-            if k in kw:
-                self.reject(node, f"load_inline({k}=...): {reason}")
-        for k, reason in DROPPED_KWARGS.items():
-            if k in kw:
-                self.warn(node, f"load_inline {reason}")
+            self.warn(node, "load_inline(**kwargs): the gate cannot see these build arguments; kopt judges the "
+                            "flags of the call it captures at build time")
+        for k, value in kw.items():
+            if k is None or k in BENIGN_KWARGS:
+                continue
+            try:
+                literal = ast.literal_eval(value)
+            except ValueError:
+                if k == "build_directory":
+                    self.reject(node, "load_inline(build_directory=...): kopt owns the build directories (can "
+                                      "overwrite another candidate's build)")
+                else:
+                    self.warn(node, f"load_inline({k}=<computed>): kopt judges the value it captures at build time")
+                continue
+            verdict = classify(k, literal, target=self.target)
+            for r in verdict.rejections:
+                self.reject(node, f"load_inline {r}")
+            for w in verdict.warnings:
+                self.warn(node, f"load_inline {w}")
         if self.target == "cpu" and "cuda_sources" in kw:
             self.reject(node, "load_inline(cuda_sources=...) for the cpu target: write C++ in cpp_sources")
+
+
+def _is_import_guard(node: ast.AST) -> bool:
+    """`try: import x / except ImportError: x = None`: an optional import, not a fallback around the kernel
+    (a later `if x is None: torch...` is what the runtime library-compute check sees)."""
+    simple = (ast.Import, ast.ImportFrom, ast.Pass, ast.Assign, ast.AnnAssign, ast.Expr)
+    def plain(s: ast.stmt) -> bool:  # an import, or `HAVE_X = True`
+        return isinstance(s, (ast.Import, ast.ImportFrom, ast.Pass)) or (
+            isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant))
+
+    if not node.body or not all(plain(s) for s in node.body):
+        return False
+    if not any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in node.body) or getattr(node, "finalbody", None):
+        return False
+    for h in node.handlers:
+        names = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+        if not names or not all(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
+                                for n in names):
+            return False
+        if not all(isinstance(s, simple) for s in h.body):
+            return False
+    return all(isinstance(s, simple) for s in node.orelse)
 
 
 def _string_constants(tree: ast.AST) -> list[str]:
@@ -511,8 +635,9 @@ def _string_constants(tree: ast.AST) -> list[str]:
     return out
 
 
-def check_source(source: str, target: str) -> StaticReport:
-    """Check a candidate's source without running it. `target` is "cpu" or "cuda"."""
+def check_source(source: str, target: str, *, fp32_task: bool = True) -> StaticReport:
+    """Check a candidate's source without running it. `target` is "cpu" or "cuda"; `fp32_task` (kopt's tasks
+    are fp32 unless the task says otherwise) decides whether lowering fp32 precision is a rejection."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
     try:
@@ -522,7 +647,7 @@ def check_source(source: str, target: str) -> StaticReport:
     except ValueError as e:  # e.g. null bytes
         return StaticReport(rejections=(f"the source cannot be parsed: {e}",), warnings=())
 
-    c = _Checker(target)
+    c = _Checker(target, fp32_task)
     c.visit(tree)
     rejections, warnings = c.rejections, c.warnings
 
@@ -534,13 +659,13 @@ def check_source(source: str, target: str) -> StaticReport:
         rejections.append("the module built by load_inline is never used: the kernel is compiled but not "
                           "called (decoy)")
 
-    cpp_strings = [s for s in _string_constants(tree) if _looks_like_cpp(s)]
+    cpp_strings = [s for s in _string_constants(tree) if looks_like_cpp(s)]
     # #include lines anywhere (a C++ string may be assembled from pieces the string scan misses).
-    _check_includes(source, rejections.append, computed=False)
+    check_includes(source, rejections.append, computed=False)
     for s in cpp_strings:
-        _check_includes(_strip_cpp_comments(s), rejections.append)
-        _scan_cpp(s, rejections, warnings)
-    if target == "cuda" and not any(re.search(r"\b__global__\b", _strip_cpp_comments(s)) for s in cpp_strings):
+        check_includes(strip_comments(s), rejections.append)
+        scan_cpp(s, rejections, warnings)
+    if target == "cuda" and not any(re.search(r"\b__global__\b", strip_comments(s)) for s in cpp_strings):
         rejections.append("no __global__ kernel in the CUDA sources: the cuda target needs a CUDA kernel")
     return StaticReport(rejections=tuple(dict.fromkeys(rejections)), warnings=tuple(dict.fromkeys(warnings)))
 
