@@ -646,6 +646,10 @@ def check_source(source: str, target: str, *, fp32_task: bool = True) -> StaticR
         return StaticReport(rejections=(f"line {e.lineno}: Python syntax error: {e.msg}",), warnings=())
     except ValueError as e:  # e.g. null bytes
         return StaticReport(rejections=(f"the source cannot be parsed: {e}",), warnings=())
+    try:  # what the parser accepts but Python does not (a repeated keyword hides the value the gate reads)
+        compile(tree, "<candidate>", "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return StaticReport(rejections=(f"line {e.lineno}: Python syntax error: {e.msg}",), warnings=())
 
     c = _Checker(target, fp32_task)
     c.visit(tree)
