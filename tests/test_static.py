@@ -511,3 +511,19 @@ def test_harness_and_aliasing_tricks_rejected(header, needle):
 def test_honest_attribute_writes_pass(body):
     report = check_source(variant(body=body), "cpu")
     assert report.ok, report.rejections
+
+
+def test_example_pools_pass_the_gate_with_their_openmp_flags():
+    """The CPU examples' fastest kernels build with -fopenmp as models write it: honoured, never a rejection."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with_flags = 0
+    for path in sorted(examples.glob("*/candidates_cpu/*.py")):
+        source = path.read_text()
+        report = check_source(source, "cpu")
+        assert report.ok, (path.name, report.rejections)
+        if "extra_ldflags" in source:
+            with_flags += 1
+            assert not any("flag" in w for w in report.warnings), (path.name, report.warnings)
+    assert with_flags >= 2
