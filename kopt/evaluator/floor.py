@@ -219,8 +219,11 @@ def bandwidth(device: str = "cpu", threads: int | None = None, *, refresh: bool 
         except (KeyError, TypeError, ValueError):
             pass
     cmd = [sys.executable, "-m", "kopt.evaluator.floor", device, str(threads), *map(str, sizes)]
+    root = str(Path(__file__).resolve().parents[2])  # kopt's own tree first, whatever the caller's cwd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+                              env=env)
         data = json.loads(proc.stdout.strip().splitlines()[-1])
         bw = Bandwidth(device=device, key=str(data["key"]), points=tuple((int(s), float(b)) for s, b in data["points"]))
     except (subprocess.TimeoutExpired, OSError, ValueError, KeyError, IndexError, TypeError):
