@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = REPO.parent / "shared" / "external" / "technoabsurdist-a100" / "rows.jsonl"
+FIXTURES = REPO / "tests" / "fixtures"
 FLAG_KWARGS = ("extra_cflags", "extra_cuda_cflags", "extra_ldflags", "extra_include_paths", "build_directory")
 
 
@@ -105,6 +106,26 @@ def reason_key(rejection: str) -> str:
     return ("flags: " if rejection.startswith("flags: ") else "") + head[:90]
 
 
+def gate_fixtures(fixtures: Path = FIXTURES) -> list[tuple[Path, str]]:
+    """The adversarial fixtures whose header names the static gate as the defence and expects a rejection."""
+    out = []
+    for folder, target in (("kernels", "cpu"), ("kernels_cuda", "cuda")):
+        for path in sorted((fixtures / folder).glob("*.py")):
+            head = "\n".join(ln for ln in path.read_text().splitlines()[:12] if ln.startswith("#"))
+            if re.search(r"#\s*Defence:\s*static gate", head) and re.search(r"#\s*Expected:\s*rejected", head):
+                out.append((path, target))
+    return out
+
+
+def fixture_line() -> str:
+    from kopt.evaluator.static import check_source
+
+    fixtures = gate_fixtures()
+    missed = [p.stem for p, target in fixtures if check_source(p.read_text(), target).ok]
+    return (f"hack fixtures the static gate defends: {len(fixtures) - len(missed)}/{len(fixtures)} rejected"
+            + (f"; PASSED THE GATE: {', '.join(missed)}" if missed else ""))
+
+
 def table(judged: list[Judged]) -> str:
     lines = []
     runs = sorted({j.run for j in judged})
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     judged = judge_rows(load_rows(args.rows))
     print(table(judged))
+    print("\n" + fixture_line())
     if args.show_false:
         for j in judged:
             if j.labelled_correct and j.real_cuda and not j.labels_broken and j.rejections:

@@ -141,17 +141,7 @@ def test_hacks_spliced_into_real_candidates_rejected(judged, hack):
 
 # ---- the adversarial fixtures the static gate is the defence for -----------------------------------------
 
-def _fixture_headers() -> list[tuple[Path, str, str]]:
-    out = []
-    for folder, target in (("kernels", "cpu"), ("kernels_cuda", "cuda")):
-        for path in sorted((FIXTURES / folder).glob("*.py")):
-            head = "\n".join(ln for ln in path.read_text().splitlines()[:12] if ln.startswith("#"))
-            out.append((path, target, head))
-    return out
-
-
-GATE_FIXTURES = [(p, t) for p, t, head in _fixture_headers()
-                 if re.search(r"#\s*Defence:\s*static gate", head) and re.search(r"#\s*Expected:\s*rejected", head)]
+GATE_FIXTURES = _bench().gate_fixtures(FIXTURES)
 
 
 @pytest.mark.parametrize("path, target", GATE_FIXTURES, ids=[p.stem for p, _ in GATE_FIXTURES])
