@@ -527,3 +527,16 @@ def test_example_pools_pass_the_gate_with_their_openmp_flags():
             with_flags += 1
             assert not any("flag" in w for w in report.warnings), (path.name, report.warnings)
     assert with_flags >= 2
+
+
+@pytest.mark.parametrize("forward", [
+    "dt = torch.float32\n        y = torch.zeros(3, dtype=dt)\n        return _ext.relu(x.to(dt))",
+    "act = torch.nn.functional.relu\n        return _ext.relu(x).to(torch.float32)",
+    "return _ext.relu(x.to(device=x.device, dtype=torch.float32))",
+])
+def test_module_values_passed_to_calls_are_fine(forward):
+    assert check_source(variant(forward=forward), "cpu").ok
+
+
+def test_submodule_passed_to_a_patcher_rejected():
+    rejected(variant(header="def patch(m):\n    m.synchronize = 0\npatch(torch.cuda)"), "passes the module torch.cuda")
