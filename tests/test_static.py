@@ -387,6 +387,7 @@ def test_reasons_carry_line_numbers():
     'torch::Tensor g(torch::Tensor x) { TORCH_CHECK(x.dim() == 2, "see http://x"); return x; }',
     "#include <vector>\n#include <cmath>\n#include <immintrin.h>\n#include <ATen/ATen.h>\n#include <omp.h>",
     "#define CAT(a, b) a##b\nint CAT(tile_, 32) = 0;",
+    'void g(bool ok) { TORCH_CHECK(ok, "indices in the coordinate system (x, y) must fork() nothing"); }',
 ])
 def test_honest_cpp_passes(cpp):
     report = check_source(variant(cpp=cpp), "cpu")

@@ -31,7 +31,6 @@ CPP_REJECT: dict[str, str] = {
     r"\b(?:asm|__asm__|__asm)\b": "contains inline assembly (raw system calls and `.incbin` of files at build "
     "time that no symbol check sees; write CUDA C++ or intrinsics)",
     r"\bsyscall\b|\b__syscall\b": "makes raw system calls (bypasses the symbol check of the .so)",
-    r"\.incbin\b": "embeds a file into the binary at build time (reads files from elsewhere; §5 row 16)",
     r"\b(?:secure_)?getenv\s*\(|\benviron\b": "reads the environment (API keys live there)",
     r"\bfopen\s*\(|\bstd\s*::\s*[io]?fstream\b": "opens files (candidates never need files)",
     r"\bPy(?:Run|Import|Eval)_\w+|\bpy(?:bind11)?\s*::\s*(?:exec|eval|module_?\s*::\s*import)\b":
@@ -43,6 +42,7 @@ CPP_WARN: dict[str, str] = {
     r"\b__float2half\w*|\b__half2?\b|\b__nv_bfloat16\b|\bwmma\b|\btf32\b": "uses fp16/bf16/TF32 inside an fp32 task (precision loss; hack §1 row 13)",
     r"\bcublas\w+|\bcudnn\w+": "calls cuBLAS/cuDNN (a library does the work)",
 }
+INCBIN = "embeds a file into the binary at build time (reads files from elsewhere; §5 row 16)"
 # Pasted spellings of what only the gate can see (inline assembly, raw system calls, file embedding).
 _PASTE_BANNED = re.compile(r"asm|incbin|syscall")
 # Preprocessor directives that read files or probe the filesystem at build time.
@@ -67,6 +67,7 @@ _CPP_OP = re.compile(r"\b(?:at|torch)\s*::\s*(?:(?:native|cuda|indexing)\s*::\s*
 _INCLUDE = re.compile(r"^[ \t]*#[ \t]*include\b[ \t]*(.*)$", re.MULTILINE)
 # Comments, skipping string and character literals (a `//` inside "http://..." is not a comment).
 _CPP_COMMENT = re.compile(r"(\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*')|//[^\n]*|/\*.*?\*/", re.DOTALL)
+_STRING = re.compile(r"\"(?:\\.|[^\"\\\n])*\"")
 CPP_MARKERS = ("#include", "torch::", "__global__", "at::", "{", ";", "#pragma", "#define")
 
 # Headers a kernel may include: the C/C++ standard library, OpenMP, CPU intrinsics, torch, and the CUDA toolkit.
@@ -172,13 +173,18 @@ def _pasted_spellings(code: str) -> list[str]:
 
 
 def scan_cpp(text: str, rejections: list[str], warnings: list[str]) -> None:
-    code = strip_comments(text)
+    raw = strip_comments(text)
+    # The rules read code, not messages: "coordinate system (x, y)" in a TORCH_CHECK is not a shell. A string
+    # literal only matters to the assembler (.incbin), and inline assembly is rejected on its own.
+    code = _STRING.sub('""', raw)
+    if re.search(r"\.incbin\b", raw):
+        rejections.append(f"C++ source uses `.incbin`: {INCBIN}")
     for pattern, reason in CPP_REJECT.items():
         m = re.search(pattern, code)
         if m:
             rejections.append(f"C++ source uses `{m.group(0).strip()}`: {reason}")
     for pattern, reason in DIRECTIVE_REJECT.items():
-        m = re.search(pattern, code, re.MULTILINE)
+        m = re.search(pattern, raw if "?" in pattern else code, re.MULTILINE)
         if m:
             rejections.append(f"C++ source uses `{m.group(0).strip()}`: {reason}")
     for spelled in _pasted_spellings(code):
