@@ -1,0 +1,448 @@
+"""The parent side of one child session (kopt_child.harness): spawn, framing, strict schema, parent clock.
+
+Everything the child sends is a claim read by kopt_child.protocol.read_message (caps, exact schemas, no NaN);
+anything it cannot parse, any death, timeout or flood becomes a SessionFailure whose status and sentence are
+written here. Timing is parent-clocked: each call's inputs are written only after the previous call's
+commitment (`done`, a hash of outputs and inputs-after computed inside the call) arrived, and the parent
+stamps both ends with its own time.perf_counter_ns. The child's CPU time is read by the parent from
+/proc/<pid>/task/*/schedstat, never asked of the child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kopt.evaluator.kopt_child import protocol
+from kopt.records import Status
+
+CHILD_ROOT = str(Path(__file__).resolve().parent)  # the dir that holds kopt_child/ (top-level package there)
+STDERR_KEEP = 64 << 10
+FLOOD_BYTES = 16 << 20
+
+# The parent's sentence for each closed failure code a child may report.
+FAIL_SENTENCES = {
+    "setup_failed": (Status.CRASHED, "kopt's child could not set up the session (device, cache flush or extensions)"),
+    "import_failed": (Status.RUNTIME_ERROR, "importing {what} raised {exc}{at}"),
+    "syntax_error": (Status.COMPILE_ERROR, "Python syntax error{at}"),
+    "no_model_class": (Status.COMPILE_ERROR, "the candidate defines no class {cls}(nn.Module)"),
+    "init_failed": (Status.RUNTIME_ERROR, "constructing {cls} raised {exc}{at}"),
+    "forward_raised": (Status.RUNTIME_ERROR, "forward raised {exc}{at}"),
+    "not_a_tensor": (Status.REJECTED, "output {index} is not exactly a torch.Tensor (lazy or subclassed outputs)"),
+    "no_storage": (Status.REJECTED, "output {index} has no storage (lazy outputs)"),
+    "extension_unknown": (Status.REJECTED, "load_inline was called with sources that were not built at the compile stage"),
+    "extension_failed": (Status.RUNTIME_ERROR, "loading the compiled extension raised {exc}"),
+    "bad_message": (Status.CRASHED, "kopt's child rejected a message from kopt"),
+}
+
+
+class SessionFailure(Exception):
+    """The session's verdict when it cannot go on: a Status and a sentence kopt wrote."""
+
+    def __init__(self, status: Status, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    args: tuple = ()
+    kwargs: Mapping = None  # type: ignore[assignment]
+    seed: int = 0
+    state: tuple = ()  # ((name, tensor), ...) sent as raw bytes
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    module: str  # the module's path as the child sees it
+    cls: str  # "ModelNew" (candidate) or "Model" (trusted reference)
+    models: tuple[ModelSpec, ...]
+    extensions: tuple[dict, ...] = ()  # [{"key","name","so"}] from the build stage
+    ext_by_key: bool = False  # match load_inline calls by the build stage's key (else in compile order)
+    threads: int = 1
+    device: str = "cpu"
+    search_path: str | None = None
+    what: str = "the candidate"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call as the parent saw it. interval_ns: parent clock, call frame written -> `done` read."""
+
+    call: int
+    h: str
+    ext_calls: int
+    lib_ops: int
+    child_ns: int
+    alias: bool
+    interval_ns: int
+
+
+def _dtype_name(t) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def tensor_bytes(t) -> bytes:
+    import ctypes
+
+    c = t.detach().contiguous().cpu()
+    n = c.numel() * c.element_size()
+    return ctypes.string_at(c.data_ptr(), n) if n else b""
+
+
+def encode_args(args: Sequence) -> tuple[list[dict], bytes]:
+    import torch
+
+    metas, blobs = [], []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            metas.append({"kind": "tensor", "dtype": _dtype_name(a), "shape": list(a.shape)})
+            blobs.append(tensor_bytes(a))
+        else:
+            metas.append({"kind": "value", "value": a})
+    return metas, b"".join(blobs)
+
+
+def decode_tensors(metas: list[dict], payload: bytes) -> list:
+    import torch
+
+    out, off = [], 0
+    for m in metas:
+        n = protocol.nbytes(m)
+        dt = getattr(torch, m["dtype"])
+        buf = bytearray(payload[off:off + n])
+        off += n
+        t = torch.frombuffer(buf, dtype=dt) if n else torch.empty(0, dtype=dt)
+        out.append(t.reshape(m["shape"]))
+    return out
+
+
+def child_argv() -> list[str]:
+    """`kopt_child run` as a top-level package, -I: no PYTHONPATH, no user site, kopt itself not importable."""
+    code = f"import sys; sys.path.insert(0, {CHILD_ROOT!r}); from kopt_child.__main__ import main; main()"
+    return [sys.executable, "-I", "-c", code, "run"]
+
+
+def _tree_pids(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                ppid = int(f.read().decode(errors="replace").rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, ()))
+    return out
+
+
+def _rss_mb(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            pass
+    return total / 1024
+
+
+_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "CUDA_HOME")
+_BWRAP = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--unshare-all",
+          "--die-with-parent", "--new-session"]
+
+
+def _isolation() -> str:
+    forced = os.environ.get("KOPT_ISOLATION")
+    if forced in ("bwrap", "unshare", "none"):
+        return forced
+    import shutil
+
+    if shutil.which("bwrap"):
+        return "bwrap"
+    return "unshare" if shutil.which("unshare") else "none"
+
+
+def _local_command(work: Path, readable: Sequence[Path], env: Mapping[str, str] | None, gpu: bool, cpu_s: int,
+                   as_mb: int | None) -> tuple[str, list[str], dict[str, str]]:
+    """The session's argv when kopt.evaluator.sandbox offers no spawn(): bwrap (read-only root, private
+    /tmp with the readable paths bound back, every namespace), else unshare, with rlimits from prlimit."""
+    import shutil
+
+    level = _isolation()
+    child_env = {k: v for k, v in os.environ.items() if k in _ENV_ALLOW}
+    child_env.update(env or {})
+    child_env = {k: v for k, v in child_env.items()
+                 if not any(m in k.upper() for m in ("KEY", "TOKEN", "SECRET", "PASSWORD"))}
+    child_env.update(HOME=str(work), TMPDIR=str(work), NVIDIA_TF32_OVERRIDE="0", PYTHONDONTWRITEBYTECODE="1")
+    cmd = child_argv()
+    if shutil.which("prlimit"):
+        lim = ["prlimit", "--core=0", "--nofile=1024", f"--fsize={2048 << 20}", f"--cpu={cpu_s}"]
+        cmd = lim + ([f"--as={as_mb << 20}"] if as_mb else []) + ["--"] + cmd
+    if level == "bwrap":
+        out = list(_BWRAP)
+        if gpu:
+            for dev in sorted(Path("/dev").glob("nvidia*")):
+                out += ["--dev-bind", str(dev), str(dev)]
+        for p in readable:
+            out += ["--ro-bind", str(p), str(p)]
+        cmd = out + ["--bind", str(work), str(work), "--chdir", str(work), "--"] + cmd
+    elif level == "unshare":
+        cmd = ["unshare", "-rn", "--ipc", "--pid", "--fork", "--kill-child"] + cmd
+    return level, cmd, child_env
+
+
+def cpu_ns(pids: Sequence[int]) -> int:
+    """CPU time of every thread of `pids`, read from /proc/<pid>/task/*/schedstat (first field, ns)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+class Session:
+    """A live child session. Use as a context manager; every method raises SessionFailure, nothing else."""
+
+    def __init__(self, spec: SessionSpec, *, work: Path, readable: Sequence[Path] = (), timeout_s: float,
+                 max_rss_mb: int | None, env: Mapping[str, str] | None = None, gpu: bool = False):
+        self.spec, self.work = spec, work
+        work.mkdir(parents=True, exist_ok=True)
+        self.killed: str | None = None
+        self.max_rss_mb = max_rss_mb
+        self.deadline = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self._stderr = bytearray()
+        self._stderr_total = 0
+        self._pids: list[int] = []
+        self._done = threading.Event()
+        cores = max(1, spec.threads)
+        cpu_s = int(timeout_s * (cores + 2)) + 30
+        as_mb = None if gpu or not max_rss_mb else max_rss_mb + 8192
+        self.isolation, cmd, child_env = _local_command(work, [Path(CHILD_ROOT), *readable], env, gpu, cpu_s, as_mb)
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         cwd=str(work), env=child_env, start_new_session=True)
+        except OSError as e:
+            raise SessionFailure(Status.CRASHED, f"cannot start the sandboxed child ({type(e).__name__})") from None
+        self.fd_in, self.fd_out = self.proc.stdout.fileno(), self.proc.stdin.fileno()
+        self._threads = [threading.Thread(target=self._drain, daemon=True),
+                         threading.Thread(target=self._watch, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        fd = self.proc.stderr.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._stderr_total += len(chunk)
+            if len(self._stderr) < STDERR_KEEP:
+                self._stderr += chunk[: STDERR_KEEP - len(self._stderr)]
+            if self._stderr_total > FLOOD_BYTES and not self.killed:
+                self._kill("output flood")
+
+    def _watch(self) -> None:
+        n = 0
+        while not self._done.wait(0.05):
+            if self.proc.poll() is not None:
+                return
+            if time.monotonic() > self.deadline:
+                self._kill("timeout")
+                return
+            if n % 4 == 0:
+                self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
+                if self.max_rss_mb and _rss_mb(self._pids) > self.max_rss_mb:
+                    self._kill("memory")
+                    return
+            n += 1
+
+    def _kill(self, why: str) -> None:
+        if self.killed is None:
+            self.killed = why
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in self._pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _death(self, fallback: str) -> SessionFailure:
+        """Why the session ended, in kopt's words."""
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._kill("protocol")
+            self.proc.wait()
+        if self.killed == "timeout":
+            return SessionFailure(Status.TIMEOUT, f"killed after {self.timeout_s:.0f} s (run timeout)")
+        if self.killed == "output flood":
+            return SessionFailure(Status.CRASHED, f"killed: output flood (over {FLOOD_BYTES >> 20} MB on stdout/stderr)")
+        if self.killed == "memory":
+            return SessionFailure(Status.CRASHED, f"killed: resident memory over the {self.max_rss_mb} MB limit (rss)")
+        rc = self.proc.returncode
+        sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc and rc > 128 and self.isolation != "none" else None)
+        if sig:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return SessionFailure(Status.CRASHED, f"process died with {name}")
+        if rc not in (0, None) or fallback == "the stream ended":
+            return SessionFailure(Status.CRASHED, f"the process exited with code {rc} without a result (exit at import?)")
+        return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
+
+    def _send(self, header: dict, payload: bytes = b"") -> None:
+        try:
+            protocol.write_frame(self.fd_out, header, payload)
+        except (OSError, protocol.ProtocolError):
+            raise self._death("the stream ended") from None
+
+    def _recv(self, expect: tuple[str, ...], max_payload: int = 0) -> tuple[dict, bytes]:
+        try:
+            header, payload = protocol.read_message(self.fd_in, expect + ("fail",), max_payload)
+        except protocol.ProtocolError as e:
+            raise self._death(str(e)) from None
+        except BaseException:  # noqa: BLE001 - nothing a child sends may end kopt's batch
+            raise self._death("a malformed frame") from None
+        if header["t"] == "fail":
+            raise self._fail(header)
+        return header, payload
+
+    def _fail(self, h: dict) -> SessionFailure:
+        status, text = FAIL_SENTENCES[h["code"]]
+        exc = h["exc"] or "an exception"
+        at = f" at line {h['line']}" if h["line"] else ""
+        return SessionFailure(status, text.format(what=self.spec.what, exc=exc, at=at, index=h["index"],
+                                                  cls=self.spec.cls))
+
+    # ---- the session --------------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Send init, wait for ready. Returns the ops torch ran while the models were constructed."""
+        metas, blobs, models = [], [], []
+        for m in self.spec.models:
+            state = []
+            for name, t in m.state:
+                state.append({"name": name, "kind": "tensor", "dtype": _dtype_name(t), "shape": list(t.shape)})
+                blobs.append(tensor_bytes(t))
+            models.append({"args": list(m.args), "kwargs": dict(m.kwargs or {}), "seed": int(m.seed), "state": state})
+        del metas
+        header = {"t": "init", "module": self.spec.module, "name": "kopt_candidate" if self.spec.cls == "ModelNew"
+                  else "kopt_task", "cls": self.spec.cls, "models": models, "ext": list(self.spec.extensions),
+                  "ext_by_key": self.spec.ext_by_key,
+                  "threads": self.spec.threads, "device": self.spec.device, "search_path": self.spec.search_path}
+        self._send(header, b"".join(blobs))
+        h, _ = self._recv(("ready",))
+        self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
+        return h["init_ops"]
+
+    def flush(self) -> None:
+        self._send({"t": "flush"})
+        self._recv(("flushed",))
+
+    def call(self, call: int, model: int, args: Sequence, ghost: bool = False) -> Call:
+        metas, payload = encode_args(args)
+        frame = protocol.encode({"t": "call", "call": call, "model": model, "ghost": ghost, "args": metas}, payload)
+        t0 = time.perf_counter_ns()
+        try:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.fd_out, view):]
+        except OSError:
+            raise self._death("the stream ended") from None
+        h, _ = self._recv(("done",))
+        t1 = time.perf_counter_ns()
+        if h["call"] != call:
+            raise self._death("a done message for another call")
+        return Call(call=call, h=h["h"], ext_calls=h["ext_calls"], lib_ops=h["lib_ops"], child_ns=h["child_ns"],
+                    alias=h["alias"], interval_ns=t1 - t0)
+
+    def reveal(self, call: int, committed: str, max_bytes: int) -> tuple[list, list]:
+        """The call's outputs and inputs-after, as tensors built here; SessionFailure(REJECTED) if their hash is
+        not the one committed inside the call."""
+        self._send({"t": "reveal", "call": call})
+        h, payload = self._recv(("outputs",), max_payload=max_bytes)
+        if h["call"] != call:
+            raise self._death("an outputs message for another call")
+        metas = h["out"] + h["after"]
+        sizes = [protocol.nbytes(m) for m in metas]
+        blobs, off = [], 0
+        for n in sizes:
+            blobs.append(payload[off:off + n])
+            off += n
+        if protocol.digest(metas, blobs) != committed:
+            raise SessionFailure(Status.REJECTED, f"call {call}'s revealed outputs do not match the hash committed "
+                                 "inside the call (outputs changed after the call returned)")
+        tensors = decode_tensors(metas, payload)
+        return tensors[: len(h["out"])], tensors[len(h["out"]):]
+
+    def cpu_ns(self) -> int:
+        return cpu_ns(self._pids)
+
+    def stderr_tail(self) -> str:
+        return bytes(self._stderr[-4000:]).decode(errors="replace")
+
+    def close(self) -> None:
+        try:
+            protocol.write_frame(self.fd_out, {"t": "bye"})
+        except (OSError, protocol.ProtocolError):
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._done.set()
+        self._kill("closed") if self.proc.poll() is None else None
+        self._kill_leftovers()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.proc.wait()
+
+    def _kill_leftovers(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
