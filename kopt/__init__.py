@@ -2,9 +2,8 @@
 
 __version__ = "0.1.0"
 
+# Bound here, after the submodule is imported, so `kopt.swap` stays the function: importing the submodule
+# kopt.swap later would otherwise rebind the package attribute to the module.
+from kopt.swap import swap  # noqa: E402
 
-def swap(model, kernel_dir, cls=None):
-    """Replace every instance of the kernel's reference class in `model` with its ModelNew (see kopt.swap)."""
-    from kopt.swap import swap as _swap
-
-    return _swap(model, kernel_dir, cls)
+__all__ = ["__version__", "swap"]

@@ -5,13 +5,12 @@ Writes are atomic (a temp dir renamed into place) and never overwrite an existin
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,9 @@ def check_writable(out_dir: Path, force: bool) -> None:
 
 def kernel_source(code: str) -> tuple[str, str]:
     """The kernel's C++/CUDA source alone, and its file name (kernel.cu or kernel.cpp)."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return "", "kernel.cpp"
-    chunks: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value
-            if "#include" in text or "__global__" in text or "torch::Tensor" in text:
-                chunks.append(text.strip("\n"))
-    source = "\n\n".join(dict.fromkeys(chunks))
-    name = "kernel.cu" if "__global__" in source else "kernel.cpp"
-    return source + ("\n" if source else ""), name
+    from kopt.kernels import kernel_source as _kernel_source
+
+    return _kernel_source(code)
 
 
 def _candidate_rows(pool) -> list[dict[str, Any]]:
@@ -112,12 +101,13 @@ def build_report(pool, options, sel: Selection, ttt_report: dict | None = None) 
             "k": run.k, "temperature": run.temperature, "max_tokens": run.max_tokens, "seed": run.seed,
             "top_m": options.top_m, "surprisal": run.surprisal, "adaptive": options.adaptive,
             "samples": str(run.samples) if run.samples else None,
+            "base_url": getattr(run, "base_url", None),  # so the re-record command reaches the same server
         },
         "strategy": sel.strategy,
         "timed": list(sel.timed),
         "logprob_std": sel.logprob_std,
         "notes": list(sel.notes),
-        "eval_settings": pool.eval_settings().key(),
+        "eval_settings": json.loads(pool.eval_settings().key()),  # an object, not a string inside the JSON
         "run_dir": str(pool.run_dir),
         "candidates": _candidate_rows(pool),
         "winner": winner,
@@ -151,8 +141,14 @@ Use it in your model:
 
 ```python
 import kopt
-model = kopt.swap(model, "{report.get('out_dir', 'kernels/' + task['name'])}")  # replaces every {task['class_name']}, keeping its weights
+model = kopt.swap(model, "{report.get('out_dir', 'kernels/' + task['name'])}")
 ```
+
+`kopt.swap` replaces every `{task['class_name']}` defined in the reference's file (`{task['target']}`), not
+another class of the same name, keeping its weights, and prints what it replaced. Gradients: the kernel is forward-only;
+when autograd needs gradients through it, the backward is the reference module's own (recomputed on the saved
+inputs, so gradients are exact, at the cost of one more reference forward). `kopt.swap(..., gradients="refuse")`
+raises instead whenever gradients are needed.
 
 Check it still matches its reference: `kopt check {report.get('out_dir', 'kernels/' + task['name'])}`.
 """
@@ -171,29 +167,30 @@ def _replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
 
 
 def write_kernel_dir(out_dir: Path, pool, report: dict[str, Any], force: bool = False) -> Path:
-    """Write the winner's directory atomically; returns its path."""
+    """Write the winner's directory atomically (kopt/kernels.py's format); returns its path."""
+    from kopt.kernels import KernelRecord, model_new_text, sha256_text, split_target, write_report
+
     w = report["winner"]
     c = pool.candidates[w["index"]]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    report = dict(report)
-    report["out_dir"] = str(out_dir)
+    record = KernelRecord.from_json({**report, "out_dir": str(out_dir)})
     # The reference as seen from the kernel dir, so `kopt check` finds it in any clone of the repo.
-    rel = os.path.relpath(report["task"]["path"], out_dir.resolve())
-    target = report["task"]["target"]
-    cls = target.rpartition(":")[2] if target.rpartition(":")[0].endswith(".py") else None
-    report["task"] = {**report["task"], "target_from_kernel_dir": rel + (f":{cls}" if cls else "")}
-    report["winner"] = {**w, "path": str(out_dir / "model_new.py")}
+    rel = os.path.relpath(record.task.path, out_dir.resolve())
+    cls = split_target(record.task.target)[1]
+    task = replace(record.task, target_from_kernel_dir=rel + (f":{cls}" if cls else ""))
     kernel, kernel_name = kernel_source(c.code)
-    header = (f"# Written by kopt {__version__} for {report['task']['target']} "
-              f"(sample {w['index']}, {report['strategy']}); see report.json.\n")
-    model_new = header + c.code.rstrip() + "\n"
-    report["winner"]["model_new_sha256"] = hashlib.sha256(model_new.encode("utf-8")).hexdigest()
+    header = (f"# Written by kopt {__version__} for {task.target} "
+              f"(sample {w['index']}, {record.strategy}); see report.json.\n")
+    model_new = model_new_text(c.code, header)
+    winner = replace(record.winner, path=str(out_dir / "model_new.py"), model_new_sha256=sha256_text(model_new))
+    record = replace(record, task=task, winner=winner)
+    report = record.to_json()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / "model_new.py").write_text(model_new, encoding="utf-8")
         (tmp / kernel_name).write_text(kernel, encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_report(tmp / "report.json", record)
         (tmp / "README.md").write_text(_readme(report, kernel_name), encoding="utf-8")
         with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
             for s in pool.samples:

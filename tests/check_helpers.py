@@ -7,6 +7,7 @@ hand-written, correct C++ candidate, with the report fields build_report records
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -77,12 +78,13 @@ def git(repo: Path, *args: str, env: dict[str, str], check: bool = True) -> subp
 
 
 def write_kernel(repo: Path, ref_rel: str = "models/affine.py", out_rel: str = "kernels/affine",
-                 code: str = CANDIDATE, target: str = "cpu", device: str | None = None) -> Path:
+                 code: str = CANDIDATE, target: str = "cpu", device: str | None = None, cls: str | None = None,
+                 init_args: str | None = None) -> Path:
     from kopt.output import write_kernel_dir
     from kopt.records import Candidate, Sample
     from kopt.task import load_task
 
-    task = load_task(str(repo / ref_rel))
+    task = load_task(str(repo / ref_rel) + (f":{cls}" if cls else ""), init_args=init_args)
     sample = Sample(text=f"```python\n{code}```\n", logprob=-12.0, num_tokens=120, model="hand-written")
     cand = Candidate(index=0, sample=sample, code=code, code_sha256=sha(code))
     pool = SimpleNamespace(candidates=[cand], samples=[sample])
@@ -93,7 +95,8 @@ def write_kernel(repo: Path, ref_rel: str = "models/affine.py", out_rel: str = "
     report = {
         "kopt_version": "0.1.0",
         "task": {"name": task.name, "target": task.target, "path": task.path, "class_name": task.class_name,
-                 "hash": task.hash, "sets": {}, "inputs": [], "init_args": None},
+                 "hash": task.hash, "sets": {}, "inputs": [],
+                 "init_args": json.loads(init_args) if init_args else None},
         "target": target, "device": device, "toolchain": "{}", "isolation": "none",
         "sampler": "replay", "model": "hand-written",
         "params": {"k": 1, "temperature": 0.25, "max_tokens": 2048, "seed": 0, "top_m": 3, "surprisal": "mean"},
