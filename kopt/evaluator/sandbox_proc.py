@@ -374,7 +374,7 @@ class Sandboxed:
         elif rc is not None and rc > 128 and self.isolation in ("bwrap", "unshare"):
             sig = rc - 128  # bwrap/unshare report a child's fatal signal as 128+N
         killed = self._killed
-        if killed is None and oom and sig == signal.SIGKILL:
+        if killed is None and oom and (sig == signal.SIGKILL or rc != 0):  # unshare turns a SIGKILL into exit 1
             killed = "memory"  # the cgroup's memory limit (tmpfs and shmem count) ended it
         if self._own_dir:
             import shutil
