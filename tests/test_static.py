@@ -409,7 +409,8 @@ def test_honest_cpp_passes(cpp):
     ('#inc\\\nlude "/etc/passwd"', "/etc/passwd"),  # line splice
     ("??=include <vector>", "trigraph"),
     ('#include "secret.txt"', "secret.txt"),
-    ("#include <unistd.h>", "unistd.h"),
+    ("#include <curl/curl.h>", "curl/curl.h"),
+    ('#include "main.cpp"', "main.cpp"),
     ('#define CAT(a, b) a##b\nvoid f() { CAT(__as, m__)("nop"); }', "token pasting"),
     ('#define A as\n#define B m\n#define C(a, b) a##b\n#define X(a, b) C(a, b)\nvoid f() { X(A, B)("nop"); }',
      "token pasting"),

@@ -84,6 +84,14 @@ assert.h complex.h ctype.h errno.h fenv.h float.h inttypes.h iso646.h limits.h l
 stdarg.h stdbool.h stddef.h stdint.h stdio.h stdlib.h string.h tgmath.h time.h uchar.h wchar.h wctype.h
 omp.h cpuid.h mm_malloc.h arm_neon.h arm_sve.h arm_fp16.h arm_bf16.h arm_acle.h
 """.split())
+# The C library's own POSIX/Linux headers: part of the toolchain, not code from elsewhere (what they declare,
+# fork, exec, open, is judged by the name rules above and, past them, by the sandbox and the symbol check).
+LIBC_HEADERS = frozenset("""
+unistd.h fcntl.h dirent.h pthread.h sched.h signal.h setjmp.h poll.h netdb.h elf.h link.h dlfcn.h spawn.h
+termios.h pwd.h grp.h glob.h fnmatch.h libgen.h strings.h syslog.h utime.h wait.h endian.h byteswap.h malloc.h
+alloca.h execinfo.h features.h semaphore.h mqueue.h aio.h ifaddrs.h err.h error.h getopt.h langinfo.h iconv.h
+""".split())
+LIBC_PREFIXES = ("sys/", "arpa/", "netinet/", "net/", "linux/", "bits/", "asm/", "asm-generic/", "gnu/")
 _INTRIN = re.compile(r"\w*intrin\.h")  # immintrin.h, xmmintrin.h, x86intrin.h, avx512fintrin.h ...
 TORCH_CUDA_PREFIXES = ("torch/", "ATen/", "c10/", "caffe2/", "pybind11/", "cuda/", "cub/", "thrust/", "cute/",
                        "cutlass/", "cooperative_groups/", "nvtx3/", "crt/", "nv/", "cuda_fp8", "cuda_fp16",
@@ -110,8 +118,8 @@ def looks_like_cpp(text: str) -> bool:
 
 def header_allowed(path: str) -> bool:
     name = path.strip()
-    return (name in STD_HEADERS or name in TORCH_CUDA_HEADERS or bool(_INTRIN.fullmatch(name))
-            or name.startswith(TORCH_CUDA_PREFIXES))
+    return (name in STD_HEADERS or name in LIBC_HEADERS or name in TORCH_CUDA_HEADERS
+            or bool(_INTRIN.fullmatch(name)) or name.startswith(TORCH_CUDA_PREFIXES + LIBC_PREFIXES))
 
 
 def check_includes(text: str, add, computed: bool = True) -> None:
@@ -133,8 +141,9 @@ def check_includes(text: str, add, computed: bool = True) -> None:
             add(f"#include of {path!r}: absolute or '..' include paths can read any file on the machine "
                 "(leaks it through compiler errors; §5 row 16)")
         elif computed and not header_allowed(path):
-            add(f"#include of {path!r}: only the C/C++ standard library, OpenMP, CPU intrinsics, torch and CUDA "
-                "headers are available (any other header is a file from elsewhere on the machine)")
+            add(f"#include of {path!r}: only the C/C++ standard library, the C library's system headers, OpenMP, "
+                "CPU intrinsics, torch and CUDA headers are available (any other header is code or a file from "
+                "elsewhere on the machine)")
 
 
 def _paste_macros(code: str) -> tuple[set[str], dict[str, str]]:
