@@ -172,3 +172,16 @@ def test_kopt_input_footer_sizes_change(tmp_path: Path):
     assert v.description == "literal 512->513, literal 1024->1025"
     assert _shapes(v.source) == [(513, 1025), (513,)]
     assert reference_accepts(v.source) is None
+
+
+def test_a_size_that_needs_a_factor_gets_three_halves():
+    path = KERNELBENCH / ("75_conv_transposed_2D_asymmetric_input_asymmetric_kernel_strided__grouped____padded____"
+                          "dilated__.py")
+    if not path.exists():
+        pytest.skip("no KernelBench")
+    source = _apply_sets(path.read_text(), {"batch_size": 2, "in_channels": 32, "height": 12, "width": 14}, path)
+    assert "divisible by groups" in reference_accepts(shape_variants(source)[0].source)
+    chosen, notes = choose(source, reference_accepts)
+    assert [v.description for v in chosen] == ["batch_size 2->3, in_channels 32->48, height 12->13, width 14->15"]
+    assert chosen[0].complete and "in_channels 3/2 as large" in notes[-1]
+    assert _shapes(chosen[0].source) == [(3, 48, 13, 15)]

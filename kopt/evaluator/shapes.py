@@ -208,15 +208,25 @@ def _apply(source: str, edits: list[tuple[tuple[int, int, int, int], str]]) -> s
     return b"".join(lines).decode("utf-8")
 
 
-def _render(sizes: list[_Size], source: str, mapping: dict[int, int], complete: bool) -> Variant:
-    def new_of(old):
+def _even_value(v: int) -> int:
+    """The second choice for a size the reference takes only with some factor (in_channels divisible by
+    groups): 3v/2 keeps every factor of v/2 and is no power of two; odd sizes and 2 stay as they are."""
+    return v * 3 // 2 if v % 2 == 0 and v >= 4 else v
+
+
+def _render(sizes: list[_Size], source: str, mapping: dict[int, int], complete: bool,
+            even: frozenset[str] = frozenset()) -> Variant:
+    def new_of(old, label):
+        one = _even_value if label in even else (lambda x: mapping.get(x, x))
         if isinstance(old, tuple):
-            return tuple(mapping.get(x, x) if x >= 2 else x for x in old)
-        return mapping[old]
+            return tuple(one(x) if x >= 2 else x for x in old)
+        return one(old)
 
     edits, changes = [], []
     for s in sizes:
-        new = new_of(s.old)
+        new = new_of(s.old, s.label)
+        if new == s.old:
+            continue
         changes.append((s.label, s.old, new))
         edits += [(span, repr(new)) for span in s.spans]
     text = ", ".join(f"{'literal' if label.startswith('literal ') else label} {_show(old)}->{_show(new)}"
@@ -253,19 +263,21 @@ def shape_variants(task_source: str) -> list[Variant]:
     return variants
 
 
-def combine(task_source: str, labels: list[str]) -> Variant:
-    """One variant changing the sizes named by `labels` (the first element of each Variant.changes entry)."""
+def combine(task_source: str, labels: list[str], *, even: list[str] = ()) -> Variant:
+    """One variant changing the sizes named by `labels` (the first element of each Variant.changes entry);
+    those also in `even` take the second choice, 3v/2, instead of an odd value."""
     sizes = _sizes(ast.parse(task_source))
     chosen = [s for s in sizes if s.label in set(labels)]
-    return _render(chosen, task_source, _new_values(_ints(sizes)), len(chosen) == len(sizes))
+    return _render(chosen, task_source, _new_values(_ints(sizes)), len(chosen) == len(sizes), frozenset(even))
 
 
 def choose(task_source: str, accepts: Callable[[str], str | None]) -> tuple[list[Variant], list[str]]:
     """The variants to run and notes for the report. `accepts(source)` runs the reference on a variant's
     source and returns None when it ran (finite outputs), else a one-line reason.
 
-    Variant 0 (every size) when the reference accepts it; otherwise the sizes it accepts one at a time,
-    combined into one variant when the reference accepts the combination (else the single ones)."""
+    Variant 0 (every size) when the reference accepts it; otherwise the sizes it accepts one at a time (an
+    odd value, else 3v/2 for a size that needs a factor), combined into one variant when the reference
+    accepts the combination (else the single ones)."""
     variants = shape_variants(task_source)
     if not variants:
         return [], ["no shape trial: get_inputs depends on no module-level int or literal size kopt can change"]
@@ -273,17 +285,30 @@ def choose(task_source: str, accepts: Callable[[str], str | None]) -> tuple[list
     if why is None:
         return [variants[0]], []
     notes = [f"the reference fails with every size changed ({variants[0].description}): {why}"[:300]]
-    good = [v for v in variants[1:] if accepts(v.source) is None]
+    labels = [c[0] for c in variants[0].changes]
+    singles = variants[1:] if len(labels) > 1 else []
+    good: list[Variant] = []
+    even: list[str] = []
+    for i, label in enumerate(labels):
+        if singles and accepts(singles[i].source) is None:
+            good.append(singles[i])
+            continue
+        second = combine(task_source, [label], even=[label])
+        if second.changes and accepts(second.source) is None:
+            good.append(second)
+            even.append(label)
     if not good:
         return [], notes + ["no shape trial: the reference accepts no other size"]
     if len(good) > 1:
-        both = combine(task_source, [v.changes[0][0] for v in good])
+        both = combine(task_source, [v.changes[0][0] for v in good], even=even)
         if accepts(both.source) is None:
             good = [both]
     kept = {c[0] for v in good for c in v.changes}
     skipped = [c[0] for c in variants[0].changes if c[0] not in kept]
     if skipped:
         notes.append("shape trial keeps " + ", ".join(skipped) + " (the reference rejects another value)")
+    if even:
+        notes.append("shape trial makes " + ", ".join(even) + " 3/2 as large (the reference rejects an odd value)")
     return good, notes
 
 
