@@ -244,3 +244,18 @@ def test_the_rule_can_fail(factor):
     refs, oracle = _setup(Gelu(), x)
     worse = refs[0] * (1 + 1e-5)  # 170 ulps off everywhere
     assert judge.compare_all([worse], refs, None, None, oracle=oracle, oracle_factor=factor) is not None
+
+
+def test_pin_precision_turns_tf32_off():
+    from kopt.evaluator.oracle import pin_precision
+
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("medium")
+        pin_precision(torch)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[0], old[1]
+        torch.set_float32_matmul_precision(old[2])

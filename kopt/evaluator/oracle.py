@@ -53,6 +53,16 @@ class OracleRun:
     error: str = ""
 
 
+def pin_precision(torch) -> None:
+    """Make the reference's own fp32 run full fp32: no TF32 in matmuls or cuDNN convolutions (cuDNN allows it
+    by default), so its error against the oracle, which sets every candidate's budget, is an fp32 error.
+    The trusted reference child calls this before running Model (NVIDIA_TF32_OVERRIDE=0 in its environment
+    does the same for libraries that ignore torch's flags)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 def unit_roundoff(dtype) -> float:
     """2^-p for a p-bit significand: the relative size of half an ulp."""
     import torch
