@@ -314,3 +314,18 @@ def test_spawn_pipes_cpu_time_and_kill(level, tmp_path):
     res = c.finish()
     assert res.killed == "protocol violation" and not c.alive() and res.wall_s < 20
     assert res.limits in ("cgroup-v1 pids+memory", "cgroup-v2 pids+memory", "rlimits")
+
+
+def test_toolchain_only_for_the_compile_role(level, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "h.cpp").write_text('#include <cstdio>\nint main() { std::puts("compiled"); }\n')
+    script = "c++ -O1 h.cpp -o h && ./h; ls /usr/local/cuda/bin >/dev/null 2>&1 && echo CUDA || echo NOCUDA"
+    built = run_sandboxed(["/bin/sh", "-c", script], timeout_s=120, work_dir=work, isolation=level,
+                          mounts=Mounts(toolchain=True))
+    assert "compiled" in built.stdout, built.stderr[-2000:]
+    if Path("/usr/local/cuda/bin").is_dir():
+        assert "CUDA" in built.stdout.split()
+        plain = run_sandboxed(["/bin/sh", "-c", script], timeout_s=120, work_dir=work, isolation=level,
+                              mounts=Mounts())
+        assert "NOCUDA" in plain.stdout.split()

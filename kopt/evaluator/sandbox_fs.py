@@ -48,6 +48,7 @@ class Plan:
     work: str
     tmp_mb: int
     shm_mb: int
+    masks: tuple[str, ...] = ()  # dirs inside a bound tree hidden under an empty read-only tmpfs
 
 
 def _nested(path: str, roots) -> bool:
@@ -115,9 +116,15 @@ def plan(work: Path, mounts: Mounts, *, gpu: bool = False, tmp_mb: int = 512, sh
             ro.append((os.path.realpath(p), p))
     for p in _python_roots():
         add_ro(p)
+    masks: list[str] = []
     if mounts.toolchain:
         for p in _toolchain():
             add_ro(p)
+    else:  # the CUDA toolkit sits inside /usr: hide it from every role but the compiler's
+        for p in _toolchain():
+            real = os.path.realpath(p)
+            if os.path.isdir(real) and _nested(real, [d for _, d in ro]) and real not in masks:
+                masks.append(real)
     if mounts.kopt_child and KOPT_CHILD_DIR.is_dir():
         ro.append((str(KOPT_CHILD_DIR), f"{CHILD_SYS_PATH}/kopt_child"))
     if mounts.kopt_package:
@@ -131,7 +138,7 @@ def plan(work: Path, mounts: Mounts, *, gpu: bool = False, tmp_mb: int = 512, sh
     # Parents before children, so a bind inside another bind lands on top of it.
     ro.sort(key=lambda sd: sd[1].count("/"))
     rw.sort(key=lambda sd: sd[1].count("/"))
-    return Plan(tuple(ro), tuple(rw), tuple(symlinks), devs, work_s, tmp_mb, shm_mb)
+    return Plan(tuple(ro), tuple(rw), tuple(symlinks), devs, work_s, tmp_mb, shm_mb, tuple(masks))
 
 
 def bwrap_args(p: Plan, env: dict[str, str]) -> list[str]:
@@ -145,6 +152,8 @@ def bwrap_args(p: Plan, env: dict[str, str]) -> list[str]:
         out += ["--symlink", target, path]
     for src, dst in p.ro:
         out += ["--ro-bind", src, dst]
+    for m in p.masks:
+        out += ["--size", str(1 << 20), "--tmpfs", m, "--remount-ro", m]
     out += ["--proc", "/proc", "--dev", "/dev", "--size", str(p.shm_mb << 20), "--tmpfs", "/dev/shm"]
     for d in p.devs:
         out += ["--dev-bind", d, d]
@@ -156,4 +165,4 @@ def bwrap_args(p: Plan, env: dict[str, str]) -> list[str]:
 def jail_config(p: Plan, *, uid: int | None, gid: int | None, root: str) -> dict:
     """The same plan for kopt_child/jail.py (the fallback without bubblewrap)."""
     return {"root": root, "ro": p.ro, "rw": p.rw, "symlinks": p.symlinks, "devs": list(DEV_NODES) + list(p.devs),
-            "tmp_mb": p.tmp_mb, "shm_mb": p.shm_mb, "cwd": p.work, "uid": uid, "gid": gid}
+            "tmp_mb": p.tmp_mb, "shm_mb": p.shm_mb, "cwd": p.work, "uid": uid, "gid": gid, "masks": p.masks}

@@ -80,6 +80,9 @@ def build_root(cfg: dict) -> None:
             os.symlink(target, full)
     for src, dst in cfg["ro"]:
         bind(src, root + dst, readonly=True)
+    for path in cfg.get("masks", ()):  # hidden: an empty read-only tmpfs over it
+        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        mount(None, root + path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     os.makedirs(root + "/proc", exist_ok=True)
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     dev = root + "/dev"
