@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -103,9 +102,9 @@ def build_root(cfg: dict) -> None:
 
 
 def pivot(root: str) -> None:
-    nr = _SYSCALLS.get(platform.machine(), {}).get("pivot_root")
+    nr = _SYSCALLS.get(os.uname().machine, {}).get("pivot_root")
     if nr is None:
-        raise JailError(f"no pivot_root number for {platform.machine()}")
+        raise JailError(f"no pivot_root number for {os.uname().machine}")
     os.chdir(root)
     os.makedirs(".old", exist_ok=True)
     if libc.syscall(nr, b".", b".old") != 0:
@@ -118,7 +117,7 @@ def pivot(root: str) -> None:
 
 
 def _capset_zero() -> None:
-    nr = _SYSCALLS.get(platform.machine(), {}).get("capset")
+    nr = _SYSCALLS.get(os.uname().machine, {}).get("capset")
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable x 2 words, all zero
     if nr is None or libc.syscall(nr, header, data) != 0:
