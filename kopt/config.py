@@ -42,7 +42,8 @@ def kopt_home() -> Path:
 
 
 def build_dir() -> Path:
-    """Where extension builds live: $KOPT_BUILD_DIR, else kopt_home()/build (see the module docstring)."""
+    """Where extension builds live: $KOPT_BUILD_DIR, else kopt_home()/build (see the module docstring). kopt's
+    build store is its `v2/` subdir (kopt.evaluator.build: entries written only by kopt's own process)."""
     env = os.environ.get("KOPT_BUILD_DIR")
     path = Path(env).expanduser().resolve() if env else kopt_home() / "build"
     path.mkdir(parents=True, exist_ok=True)

@@ -677,29 +677,43 @@ def _stat_sig(path: Path) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def ensure_pch(b: Builder) -> bool:
+def ensure_pch(b: Builder, wait_s: float = 90.0) -> bool:
     """torch/extension.h.gch, built here (trusted) with kopt's flags, its sha256 recorded beside it by kopt and
-    checked before every compile (a stat change means a re-hash); made read-only (0444). False: no PCH."""
+    checked before every compile (a stat change means a re-hash); made read-only (0444). False: no PCH (the
+    build is only slower), also when another process holds the PCH's lock longer than `wait_s`."""
     if not getattr(b.target, "USE_PCH", False):
         return False
     header, gch, record = _pch_paths()
     with _PCH_LOCK:
         try:
-            if _PCH.get("stat") == _stat_sig(gch):
+            sig = _stat_sig(gch)
+            if _PCH.get("stat") == sig:
+                return True
+            if _pch_verified(gch, record) and _stat_sig(gch) == sig:
+                _PCH["stat"] = sig
                 return True
         except OSError:
             pass
         _PCH.clear()
         try:
-            lock_path = header.parent / "extension.h.kopt.lock"
             try:
-                lock_file = open(lock_path, "a")
+                lock_file = open(header.parent / "extension.h.kopt.lock", "a")
             except OSError:
                 from kopt.config import kopt_home
 
                 lock_file = open(kopt_home() / "pch.lock", "a")
             with lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                deadline = time.monotonic() + wait_s
+                while True:
+                    try:
+                        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            return False
+                        time.sleep(0.5)
+                if not record.exists() and gch.is_file() and not gch.is_symlink():
+                    _adopt_pch(gch, record)  # built by an earlier kopt's parent: recorded once, then verified
                 if not _pch_verified(gch, record):
                     _build_pch(b, gch, record)
                 if not _pch_verified(gch, record):
@@ -716,6 +730,12 @@ def _pch_verified(gch: Path, record: Path) -> bool:
         return gch.is_file() and not gch.is_symlink() and rec.get("sha256") == sha256_file(gch)
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _adopt_pch(gch: Path, record: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.chmod(gch, 0o444)
+        record.write_text(json.dumps({"sha256": sha256_file(gch), "adopted": True}))
 
 
 def _build_pch(b: Builder, gch: Path, record: Path) -> None:
