@@ -191,3 +191,49 @@ def test_cuda_candidate_compiles_with_nvcc_and_errors_are_captured(cuda_evaluato
     assert ok.extensions and len(ok.extensions[0][2]) == 64
     assert bad.failure is not None and bad.failure.status.value == "compile_error"
     assert "undeclared_thing" in bad.failure.reason and "error" in bad.failure.reason
+
+
+# ---- run_sandboxed/spawn extras and the clean baseline ---------------------------------------------------
+
+def test_stdin_bytes_reach_the_child_and_limits_are_recorded(tmp_path):
+    from kopt.evaluator.sandbox import Mounts
+
+    res = run_sandboxed([sys.executable, "-I", "-S", "-c", "import sys; print(sys.stdin.read()[::-1])"],
+                        timeout_s=30, work_dir=tmp_path, mounts=Mounts(), stdin_bytes=b"olleh")
+    assert res.stdout.strip() == "hello"
+    assert res.limits in ("cgroup-v1 pids+memory", "cgroup-v2 pids+memory", "rlimits")
+    assert res.cpu_ns > 0 and res.isolation == detect_isolation()
+
+
+def test_python_cmd_under_none_sees_only_kopt_child(tmp_path):
+    from kopt.evaluator.sandbox import Mounts, python_cmd
+
+    cmd = python_cmd([], level="none")
+    cmd[3] = cmd[3].split("import runpy")[0] + (
+        "import os, kopt_child; print(sorted(os.listdir(sys.path[0])), kopt_child.__name__)")
+    res = run_sandboxed(cmd, timeout_s=30, work_dir=tmp_path, isolation="none", mounts=Mounts())
+    assert res.stdout.split() == ["['kopt_child']", "kopt_child"], res.stderr
+
+
+def test_baseline_sees_leftovers_and_trusted_file_changes(tmp_path):
+    import subprocess
+
+    from kopt.evaluator.sandbox import Mounts, baseline_changes, baseline_snapshot, spawn
+
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    (trusted / "task.py").write_text("x = 1\n")
+    before = baseline_snapshot(watch=[str(trusted)])
+    assert baseline_changes(before) == []
+    running = spawn(["/bin/sleep", "30"], work=tmp_path / "w", mounts=Mounts(), timeout_s=30)
+    assert baseline_changes(before) == []  # a child still running is not a leftover
+    stray = subprocess.Popen(["/bin/sleep", "30"])  # an unsandboxed process of kopt's that outlives its job
+    (trusted / "task.py").write_text("x = 2  # changed\n")
+    try:
+        changes = baseline_changes(before)
+    finally:
+        stray.kill()
+        stray.wait()
+        running.kill("done")
+        running.finish()
+    assert any("outlived" in c for c in changes) and any("trusted file" in c for c in changes), changes

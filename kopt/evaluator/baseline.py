@@ -30,10 +30,31 @@ class Baseline:
 
 
 def _descendants() -> frozenset[int]:
-    from kopt.evaluator.sandbox_proc import tree
+    """kopt's descendants that are not inside a child still running (parallel jobs are not leftovers)."""
+    from kopt.evaluator.sandbox_proc import LIVE, children_map
 
     me = os.getpid()
-    return frozenset(p for p in tree(me) if p != me)
+    live = {c.launcher_pid() for c in list(LIVE)}
+    kids = children_map()  # one snapshot: a child forking meanwhile stays inside its launcher's subtree
+    out, todo = set(), list(kids.get(me, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in live:
+            out.add(pid)
+            todo.extend(kids.get(pid, ()))
+    return frozenset(out)
+
+
+def _names(pids: Sequence[int]) -> str:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read(60).replace(b"\0", b" ").decode(errors="replace").strip()
+            out.append(f"{pid} {cmd}")
+        except OSError:
+            out.append(str(pid))
+    return "; ".join(out)
 
 
 def _sysv_shm() -> frozenset[tuple[str, str]]:
@@ -89,7 +110,7 @@ def baseline_changes(before: Baseline) -> list[str]:
     out = []
     left = now.processes - before.processes
     if left:
-        out.append(f"{len(left)} process(es) outlived their sandbox: pids {sorted(left)[:8]}")
+        out.append(f"{len(left)} process(es) outlived their sandbox: {_names(sorted(left)[:8])}")
     shm = now.sysv_shm - before.sysv_shm
     if shm:
         out.append(f"{len(shm)} System V shared memory segment(s) left behind")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ FLOOD_BYTES = 16 << 20  # more than this on one stream kills the child ("output 
 MARK = "KOPT-MARK"  # stdout lines the parent timestamps (timing-phase brackets of the legacy worker)
 _LAUNCHERS = {"sh", "bwrap", "unshare", "prlimit"}
 _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+LIVE: weakref.WeakSet = weakref.WeakSet()  # children not yet finished (baseline.py does not count them)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _children_map() -> dict[int, list[int]]:
+def children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -91,7 +93,7 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def tree(root: int) -> list[int]:
-    kids = _children_map()
+    kids = children_map()
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -231,6 +233,11 @@ class Sandboxed:
         self._err.start()
         self._watch = threading.Thread(target=self._watchdog, daemon=True)
         self._watch.start()
+        LIVE.add(self)
+
+    def launcher_pid(self) -> int | None:
+        """The pid kopt started (the sandbox's launcher); its tree is the whole child."""
+        return self._proc.pid if self._proc else None
 
     # -- what the parent reads -------------------------------------------------------------------------------
     @property
@@ -239,7 +246,7 @@ class Sandboxed:
         if self._proc is None:
             return None
         if self._payload is None:
-            pid, kids = self._proc.pid, _children_map()
+            pid, kids = self._proc.pid, children_map()
             while True:
                 comm = _comm(pid)
                 if comm not in _LAUNCHERS and not (comm.startswith("python") and self.isolation == "unshare"
@@ -361,6 +368,7 @@ class Sandboxed:
             except OSError:
                 pass
         self._cg.remove()
+        LIVE.discard(self)
         wall = time.monotonic() - self._t0
         rc = self._proc.returncode
         sig = None
