@@ -37,13 +37,11 @@ from kopt import metrics as M
 from kopt.errors import KoptError
 from kopt.records import EvalResult, Progress, Scored, Selection, Status, no_progress
 from kopt.selection import STRATEGIES, eligible, logprob_std, select
+from kopt.ttt import TTTOptions
 
 # The order of issue 4 and of every table and JSON object. "ttt" comes last and only with --ttt-steps.
 ALL_STRATEGIES = ("oracle", "random", "confidence", "surprisal", "surprisal-top-m")
 TTT = "ttt"
-# Samplers that cannot serve the TTT arm: replay has no model to adapt, openai takes no LoRA adapter and
-# need not return token ids (training uses the sampler's own ids, never re-tokenised text).
-NO_TTT_SAMPLERS = ("replay", "openai")
 
 
 def parse_strategies(text: str | None, ttt_steps: int = 0) -> list[str]:
@@ -60,18 +58,6 @@ def parse_strategies(text: str | None, ttt_steps: int = 0) -> list[str]:
         raise KoptError("strategy ttt needs --ttt-steps",
                         "add --ttt-steps 1 (or 2) with --sampler hf|vllm --model DIR")
     return [n for n in order if n in names]
-
-
-@dataclass(frozen=True)
-class TTTOptions:
-    """`kopt compare`'s TTT arm: the flags of `kopt optimize --ttt-steps` (kopt/ttt.py), with `k` (= --ttt-k)
-    None meaning "K // (steps + 1)", the largest matched budget."""
-
-    steps: int
-    lr: float = 1e-5
-    lora_rank: int = 16
-    k: int | None = None
-    patience: int = 1
 
 
 def ttt_budget(k: int, steps: int, ttt_k: int | None = None) -> int:
@@ -165,20 +151,20 @@ def _served(timings: Mapping[int, EvalResult]) -> Callable[[list[int]], dict[int
 
 
 def _random_expected(task: str, seed: int, pool: Sequence[Scored], timings: Mapping[int, EvalResult],
-                     top_m: int) -> Outcome:
+                     top_m: int, baseline: str) -> Outcome:
     good = [s.index for s in eligible(pool)]
     ok = [i for i in good if timings[i].status is Status.CORRECT]
     draw = select("random", pool, _served(timings), top_m=top_m, seed=seed).winner
     if not ok:
         return Outcome("random", task, seed, draw, None, 0.0, 0.0, float(len(good)))
-    speeds = [timings[i].speedup or 0.0 for i in ok]
+    speeds = [M.speedup_vs(timings[i], baseline) or 0.0 for i in ok]
     # A uniformly random order of the n eligible candidates, stopping at the first of the s that stay
     # correct when timed: expected draws = (n + 1) / (s + 1), and the winner is uniform over those s.
     n, s = len(good), len(ok)
     return Outcome(
         "random", task, seed, draw,
         speedup=sum(speeds) / s,
-        fast_1=sum(M.is_fast(timings[i]) for i in ok) / s,
+        fast_1=sum(M.is_fast(timings[i], baseline=baseline) for i in ok) / s,
         correct=1.0,
         cost=(n + 1) / (s + 1),
     )
@@ -196,6 +182,7 @@ def score_pool(
     *,
     top_m: int = 3,
     samples_path: str = "",
+    baseline: str = M.DEFAULT_BASELINE,
 ) -> tuple[PoolStats, list[Outcome]]:
     """Score every strategy on one pool. `timings` holds the timed result of every eligible candidate;
     the `sample_*` sequences have one entry per sample (K), duplicates carrying their first's verdict."""
@@ -207,7 +194,7 @@ def score_pool(
         if name == TTT:  # scored on its own pool by score_ttt
             continue
         if name == "random":
-            outcomes.append(_random_expected(task, seed, pool, timings, top_m))
+            outcomes.append(_random_expected(task, seed, pool, timings, top_m, baseline))
             continue
         try:
             sel: Selection = select(name, pool, _served(timings), top_m=top_m, seed=seed)
@@ -217,17 +204,18 @@ def score_pool(
         r = timings.get(sel.winner) if sel.winner is not None else None
         outcomes.append(Outcome(
             name, task, seed, sel.winner,
-            speedup=r.speedup if r is not None else None,
-            fast_1=1.0 if M.is_fast(r) else 0.0,
+            speedup=M.speedup_vs(r, baseline),
+            fast_1=1.0 if M.is_fast(r, baseline=baseline) else 0.0,
             correct=1.0 if sel.winner is not None else 0.0,
             cost=float(len(sel.timed)),
             notes=sel.notes,
         ))
 
     k = len(sample_results)
-    c_fast = sum(M.is_fast(r) for r in sample_results)
-    rows = [(s, r.speedup, t) for r, s, t in zip(sample_results, sample_surprisal, sample_tokens)
-            if r is not None and r.status is Status.CORRECT and r.speedup is not None and s is not None]
+    c_fast = sum(M.is_fast(r, baseline=baseline) for r in sample_results)
+    rows = [(s, M.speedup_vs(r, baseline), t) for r, s, t in zip(sample_results, sample_surprisal, sample_tokens)
+            if r is not None and r.status is Status.CORRECT and M.speedup_vs(r, baseline) is not None
+            and s is not None]
     nll = [float(s) for s, _, _ in rows]
     speed = [float(v) for _, v, _ in rows]
     toks = [t for _, _, t in rows]
@@ -238,7 +226,7 @@ def score_pool(
         task=task, seed=seed, k=k, samples_path=samples_path, unique=len(pool),
         correct=sum(1 for s in eligible(pool) if timings[s.index].status is Status.CORRECT),
         logprob_std=logprob_std(pool),
-        sample_fast_1=M.sample_fast_1(sample_results),
+        sample_fast_1=M.sample_fast_1(sample_results, baseline),
         sample_correctness=M.correctness_rate(sample_results),
         curve=tuple(M.scaling_curve(k, c_fast)) if k else (),
         spearman=M.spearman(nll, speed),
@@ -265,6 +253,7 @@ def score_ttt(
     k: int,
     ttt_k: int,
     samples_path: str = "",
+    baseline: str = M.DEFAULT_BASELINE,
 ) -> Outcome:
     """The ttt strategy's outcome on one (task, seed), from `kopt.ttt.adapt`'s report and the TTT pool.
 
@@ -297,7 +286,7 @@ def score_ttt(
             "correct": st.get("correct"), "unique_kernels": st.get("unique_kernels"),
             "mean_surprisal": st.get("mean_surprisal"), "logprob_std": st.get("logprob_std"),
             "reward_mean": st.get("reward_mean"), "loss": st.get("loss"), "adapter": st.get("adapter"),
-            "best_index": best, "best_speedup": good[best].speedup if best is not None else None,
+            "best_index": best, "best_speedup": M.speedup_vs(good[best], baseline) if best is not None else None,
             "timed_kernels": len({representatives[i] for i in idx if representatives[i] in timed}),
         })
     rounds = len(steps) or 1
@@ -315,8 +304,8 @@ def score_ttt(
               "params": dict(report.get("params") or {}), "steps": per_step}
     return Outcome(
         TTT, task, seed, pick,
-        speedup=r.speedup if r is not None else None,
-        fast_1=1.0 if M.is_fast(r) else 0.0,
+        speedup=M.speedup_vs(r, baseline),
+        fast_1=1.0 if M.is_fast(r, baseline=baseline) else 0.0,
         correct=1.0 if pick is not None else 0.0,
         cost=float(len(timed)),
         notes=tuple(notes),
@@ -478,46 +467,22 @@ def samples_for(samples: Path | None, task: Any, label: str, target: str, n_task
     return samples
 
 
-def _ttt_pool(base: Any, ttt_k: int, run_dir: Path) -> Any:
-    """A pool holding the base pool's first ttt_k samples (same lines, candidates, verdicts and timings) in
-    `run_dir`, for `kopt.ttt.adapt` to extend with each step's samples. The base pool is left untouched, so
-    the other strategies still see exactly its K samples; copying the timings (rather than re-timing) keeps
-    step 0's numbers identical to the ones the oracle saw, even with --no-cache."""
-    from kopt.pipeline import Pool, _write_jsonl_atomic
-
-    pool = Pool(base.task, dataclasses.replace(base.options, k=ttt_k), base.target, base.cache, base.progress,
-                run_dir, base.prompt, base.sampler_name, base.model_id)
-    pool.samples = list(base.samples[:ttt_k])
-    pool.candidates = list(base.candidates[:ttt_k])  # a duplicate points at an earlier index: still inside
-    pool.checked = {i: r for i, r in base.checked.items() if i < ttt_k}
-    pool.timed = {i: r for i, r in base.timed.items() if i < ttt_k}
-    pool._fingerprint = base._fingerprint
-    _write_jsonl_atomic(pool.samples_path, [x.to_json() for x in pool.samples])
-    return pool
-
-
 def _check_ttt(run: Any, ttt: TTTOptions | None, strategies: Sequence[str]) -> int | None:
     """Refuse a TTT arm that cannot run before anything is sampled; return ttt_k (None without ttt)."""
     if TTT not in strategies:
         return None
-    if ttt is None or ttt.steps < 1:
+    if ttt is None or ttt.ttt_steps < 1:
         raise KoptError("strategy ttt needs --ttt-steps", "add --ttt-steps 1 (or 2) with --sampler hf|vllm --model DIR")
-    from kopt.pipeline import sampler_params_for
-    from kopt.samplers import default_sampler
+    from kopt.samplers import default_sampler, sampler_class
+    from kopt.ttt import require_trainable
 
-    name = run.sampler or default_sampler(sampler_params_for(run))
-    if name in NO_TTT_SAMPLERS:
-        raise KoptError(
-            f"the ttt strategy needs a sampler that returns token ids and takes LoRA adapters; {name} does not",
-            "use --sampler hf or --sampler vllm with --model DIR (or drop --ttt-steps / ttt from --strategies)")
-    if not run.model:
-        raise KoptError("the ttt strategy needs the model's weights", "pass --model DIR (a Hugging Face model dir)")
-    return ttt_budget(run.k, ttt.steps, ttt.k)
+    require_trainable(sampler_class(run.sampler or default_sampler(run.sampler_params())), run.model)
+    return ttt_budget(run.k, ttt.ttt_steps, ttt.ttt_k)
 
 
 def _ttt_dir(base_run_dir: Path, ttt: TTTOptions, ttt_k: int) -> Path:
-    ident = json.dumps({"steps": ttt.steps, "lr": ttt.lr, "rank": ttt.lora_rank, "k": ttt_k,
-                        "patience": ttt.patience}, sort_keys=True)
+    ident = json.dumps({"steps": ttt.ttt_steps, "lr": ttt.ttt_lr, "rank": ttt.lora_rank, "k": ttt_k,
+                        "patience": ttt.ttt_patience}, sort_keys=True)
     import hashlib
 
     return base_run_dir / f"compare-ttt-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
@@ -534,13 +499,17 @@ def run_compare(
     cache: Any = None,
     ttt: TTTOptions | None = None,
     warn: Callable[[str], None] | None = None,
+    baseline: str = M.DEFAULT_BASELINE,
 ) -> CompareResult:
-    """Build each (task, seed) pool, time every correct candidate once, score every strategy on it.
+    """Build each (task, seed) pool, check all of it and time every correct candidate once (the oracle and
+    random need every verdict, so compare never stops early), then score every strategy on it.
 
-    With "ttt" in `strategies`, TTT (kopt/ttt.py) then runs on a copy of the pool's first ttt_k samples
-    (see the module docstring: matched rollout budget, outcome, cost)."""
+    With "ttt" in `strategies`, TTT (kopt/ttt.py) then runs on a fork of the pool holding its first ttt_k
+    samples (see the module docstring: matched rollout budget, outcome, cost)."""
+    from kopt import ttt as ttt_mod
     from kopt.cache import Cache
-    from kopt.pipeline import OptimizeOptions, build_pool, resolve_target
+    from kopt.evaluator import resolve_target
+    from kopt.pool import Pool
 
     warn = warn or (lambda msg: None)
     if not tasks:
@@ -548,9 +517,9 @@ def run_compare(
     if top_m < 1:
         raise KoptError(f"--top-m must be at least 1, got {top_m}", "use --top-m 3 (the paper's setting)")
     ttt_k = _check_ttt(run, ttt, strategies)
-    if ttt_k is not None and ttt is not None and ttt.steps > 2:
-        warn(f"--ttt-steps {ttt.steps}: the paper finds 1-2 steps best; more over-sharpens the model "
-             "(Barnes 2026, best-of-adaptation results)")
+    note = ttt_mod.oversharpening_note(ttt.ttt_steps) if ttt_k is not None and ttt is not None else None
+    if note:
+        warn(note)
     target = resolve_target(run.target)
     own_cache = cache is None
     cache = cache or Cache(enabled=not run.no_cache)
@@ -563,12 +532,11 @@ def run_compare(
             samples = samples_for(run.samples, task, label, target, len(tasks))
             for seed in seeds:
                 opts = dataclasses.replace(run, seed=int(seed), samples=samples)
-                # One sampler per (task, seed): its parameters carry the seed. TTT reuses it for its steps.
-                holder: dict[str, Any] = {}
-                pool = tpool = None
-                try:
-                    pool = build_pool(task, opts, progress, cache=cache, sampler_holder=holder)
-                    scored = pool.scored(run.surprisal)
+                # One pool (and sampler) per (task, seed): the sampler's parameters carry the seed.
+                with Pool(task, opts, cache=cache, progress=progress) as pool:
+                    pool.fill()
+                    pool.check()
+                    scored = pool.scored(mode=run.surprisal)
                     good = [s.index for s in eligible(scored)]
                     timings = pool.time(good) if good else {}
                     k = len(pool.samples)
@@ -577,41 +545,32 @@ def run_compare(
                         [pool.result_for(i) for i in range(k)],
                         [s.surprisal(run.surprisal) for s in pool.samples],
                         [s.num_tokens for s in pool.samples],
-                        strategies, top_m=top_m, samples_path=str(pool.samples_path),
+                        strategies, top_m=top_m, samples_path=str(pool.samples_path), baseline=baseline,
                     )
                     evaluated += pool.evaluated_now
                     timed += pool.timed_now
                     if ttt_k is not None and ttt is not None:
-                        from kopt import ttt as ttt_mod
-
-                        tpool = _ttt_pool(pool, ttt_k, _ttt_dir(pool.run_dir, ttt, ttt_k))
-                        topts = OptimizeOptions(run=opts, ttt_steps=ttt.steps, ttt_lr=ttt.lr,
-                                                lora_rank=ttt.lora_rank, ttt_k=ttt_k, ttt_patience=ttt.patience)
-                        report = ttt_mod.adapt(tpool, topts, progress=progress, warn=warn, sampler_holder=holder)
+                        tpool = pool.fork(ttt_k, _ttt_dir(pool.run_dir, ttt, ttt_k))
+                        report = ttt_mod.adapt(tpool, dataclasses.replace(ttt, ttt_k=ttt_k), progress=progress,
+                                               warn=warn)
                         n = len(tpool.candidates)
                         outs.append(score_ttt(
                             label, int(seed), report, [c.step for c in tpool.candidates],
                             [tpool.representative(i) for i in range(n)], dict(tpool.timed),
-                            k=k, ttt_k=ttt_k, samples_path=str(tpool.samples_path)))
+                            k=k, ttt_k=ttt_k, samples_path=str(tpool.samples_path), baseline=baseline))
                         evaluated += tpool.evaluated_now
                         timed += tpool.timed_now
-                finally:
-                    for p in (tpool, pool):
-                        if p is not None:
-                            p.close()
-                    sampler = holder.get("sampler")
-                    if sampler is not None:
-                        sampler.close()
                 pools.append(stats)
                 outcomes.extend(outs)
     finally:
         if own_cache:
             cache.close()
     params: dict[str, Any] = {"target": target, "surprisal": run.surprisal, "temperature": run.temperature,
-                              "sampler": run.sampler, "model": run.model}
+                              "sampler": run.sampler, "model": run.model, "baseline": baseline,
+                              "evaluation": "exhaustive (every strategy is scored on every verdict)"}
     if ttt_k is not None and ttt is not None:
-        params["ttt"] = {"steps": ttt.steps, "ttt_k": ttt_k, "lr": ttt.lr, "lora_rank": ttt.lora_rank,
-                         "patience": ttt.patience, "budget_samples": (ttt.steps + 1) * ttt_k, "k": run.k,
+        params["ttt"] = {"steps": ttt.ttt_steps, "ttt_k": ttt_k, "lr": ttt.ttt_lr, "lora_rank": ttt.lora_rank,
+                         "patience": ttt.ttt_patience, "budget_samples": (ttt.ttt_steps + 1) * ttt_k, "k": run.k,
                          "rule": "(steps + 1) * ttt_k <= k"}
     return summarize(pools, outcomes, strategies, k=run.k, seeds=seeds, top_m=top_m, tasks=labels,
                      evaluated_now=evaluated, timed_now=timed, params=params)

@@ -1,7 +1,8 @@
 """Where kopt keeps things, and the user's defaults.
 
 Precedence, lowest first: built-in defaults < `[tool.kopt]` in ./pyproject.toml < ./kopt.toml < flags.
-A config file holds the same names as the long flags, with dashes or underscores:
+A config file holds the same names as the long flags, with dashes or underscores (every setting declared
+in kopt/settings.py; one a command does not take is ignored by it):
 
     # kopt.toml
     k = 32
@@ -72,6 +73,13 @@ def load_config(cwd: Path | None = None) -> dict[str, Any]:
     if own.is_file():
         merged.update(_read_toml(own))
     return {k.replace("-", "_"): v for k, v in merged.items()}
+
+
+def settings_for(command: str, flags: dict[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """One command's settings (kopt/settings.py): declared default < config file < flag, validated."""
+    from kopt import settings
+
+    return settings.resolve(command, flags, load_config(cwd))
 
 
 def resolve(flags: dict[str, Any], config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -18,20 +18,34 @@ from kopt.records import EvalResult, Status
 FAST_P = 1.0
 
 
-def is_fast(result: EvalResult | None, p: float = FAST_P) -> bool:
+# What "the reference" is when a speedup is quoted (`--baseline`): eager PyTorch as written, the reference under
+# torch.compile, or the faster of the two ("best", as KernelBench-v3 scores: a kernel must beat the one-line
+# alternative too). Without a torch.compile timing (not measured, or torch.compile failed) every baseline is eager.
+DEFAULT_BASELINE = "best"
+
+
+def speedup_vs(result: EvalResult | None, baseline: str = DEFAULT_BASELINE) -> float | None:
+    """The result's speedup against `baseline` ("eager" | "compile" | "best")."""
+    if result is None:
+        return None
+    eager, compiled = result.speedup, result.speedup_vs_compile
+    if baseline == "eager" or compiled is None:
+        return eager
+    if baseline == "compile" or eager is None:
+        return compiled
+    return min(eager, compiled)  # the faster reference gives the smaller speedup
+
+
+def is_fast(result: EvalResult | None, p: float = FAST_P, baseline: str = DEFAULT_BASELINE) -> bool:
     """fast_p of one kernel: correct and speedup > p (strict; KernelBench `score.py`, [B26] metrics)."""
-    return (
-        result is not None
-        and result.status is Status.CORRECT
-        and result.speedup is not None
-        and result.speedup > p
-    )
+    s = speedup_vs(result, baseline)
+    return result is not None and result.status is Status.CORRECT and s is not None and s > p
 
 
-def fast_p(results: Iterable[EvalResult | None], p: float = FAST_P) -> float | None:
+def fast_p(results: Iterable[EvalResult | None], p: float = FAST_P, baseline: str = DEFAULT_BASELINE) -> float | None:
     """Fraction of kernels that are fast_p: #(correct and speedup > p) / n (KernelBench `score.py`)."""
     rs = list(results)
-    return sum(is_fast(r, p) for r in rs) / len(rs) if rs else None
+    return sum(is_fast(r, p, baseline) for r in rs) / len(rs) if rs else None
 
 
 def correctness_rate(results: Iterable[EvalResult | None]) -> float | None:
@@ -53,13 +67,13 @@ def geomean(values: Iterable[float]) -> float | None:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-def sample_fast_1(sample_results: Sequence[EvalResult | None]) -> float | None:
+def sample_fast_1(sample_results: Sequence[EvalResult | None], baseline: str = DEFAULT_BASELINE) -> float | None:
     """Sample-level fast_1 ([B26] metrics: fraction of the K samples that are fast_1).
 
     `sample_results` has one entry per sample (K of them); a duplicate sample carries its first's verdict,
     so duplicates count once per sample, as in the paper's per-rollout accounting.
     """
-    return fast_p(sample_results, FAST_P)
+    return fast_p(sample_results, FAST_P, baseline)
 
 
 # ---- Best-of-N scaling: unbiased pass@k ----

@@ -32,12 +32,17 @@ def plot_scaling(result: Any, path: Path) -> Path:
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks)
             ax.set_xticklabels([str(k) for k in ks])
-        for s in result.strategies:
-            if s.fast_1.mean is None or s.equivalent_k is None:
-                continue
+        placed = [s for s in result.strategies if s.fast_1.mean is not None and s.equivalent_k is not None]
+        for s in placed:
             x = s.equivalent_k.k
+            # Strategies on the same point (common: several reach the oracle) are fanned out sideways by a
+            # small factor on the log axis, so every marker stays visible; the legend keeps the exact K.
+            same = [t for t in placed if t.equivalent_k.k == x and t.fast_1.mean == s.fast_1.mean]
+            if len(same) > 1:
+                x = x * 2 ** (0.12 * (same.index(s) - (len(same) - 1) / 2))
             marker = {"<": "<", ">": ">"}.get(s.equivalent_k.relation, "D")
             ax.scatter([x], [s.fast_1.mean], marker=marker, s=70, zorder=3, color=COLORS.get(s.strategy, "#17becf"),
+                       edgecolors="white", linewidths=0.8,
                        label=f"{s.strategy} (K{'≈' if s.equivalent_k.relation == '=' else ' '}{s.equivalent_k})")
         ax.set_xlabel("k (samples)")
         ax.set_ylabel("fast_1")

@@ -23,8 +23,10 @@ class Status(str, enum.Enum):
     TIMEOUT = "timeout"
     CRASHED = "crashed"
     REJECTED = "rejected"
-    # Not an evaluator verdict: the sample had no code block defining ModelNew.
+    # Not evaluator verdicts: the sample had no code block defining ModelNew; or the candidate was never
+    # evaluated because surprisal-ordered evaluation found what the selection needs first.
     NO_CODE = "no_code"
+    SKIPPED = "skipped"
 
     def __str__(self) -> str:
         return self.value
@@ -124,7 +126,9 @@ class EvalResult:
     runtime_ms: float | None = None
     runtime_iqr_ms: float | None = None
     reference_runtime_ms: float | None = None
-    speedup: float | None = None
+    speedup: float | None = None  # vs eager PyTorch (the reference as written)
+    speedup_vs_compile: float | None = None  # vs the reference under torch.compile (None: not measured)
+    compile_reference_runtime_ms: float | None = None  # the reference under torch.compile (compile time excluded)
     trials_passed: int = 0
     trials_total: int = 0
     timed_calls: int = 0

@@ -19,15 +19,54 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
+from kopt import settings as S
 from kopt.errors import KoptError
 from kopt.records import EvalResult, Progress, Status, no_progress
 
 # Reward cap after dividing by the task's median correct speedup: one 200x outlier must not make the whole
 # step.
 REWARD_CAP = 4.0
+
+
+@dataclass(frozen=True)
+class TTTOptions:
+    """The TTT settings of `kopt optimize` and `kopt compare` (declared in kopt/settings.py). In compare,
+    `ttt_k` None means K // (steps + 1), the largest matched budget."""
+
+    ttt_steps: int = S.default("ttt_steps")
+    ttt_lr: float = S.default("ttt_lr")
+    lora_rank: int = S.default("lora_rank")
+    ttt_k: int | None = S.default("ttt_k")
+    ttt_patience: int = S.default("ttt_patience")
+
+    def __post_init__(self) -> None:
+        S.check_fields(self, [f.name for f in fields(self)])
+
+    @classmethod
+    def from_settings(cls, values: dict[str, Any]) -> TTTOptions:
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def oversharpening_note(steps: int) -> str | None:
+    """The warning for more steps than the paper finds useful, or None."""
+    if steps > 2:
+        return (f"--ttt-steps {steps}: the paper finds 1-2 steps best; more over-sharpens the model "
+                "(Barnes 2026, best-of-adaptation results)")
+    return None
+
+
+def require_trainable(backend: Any, model: str | None) -> None:
+    """Refuse TTT before anything is sampled when the sampler cannot serve it (its capabilities say so)."""
+    if not backend.trainable():
+        raise KoptError(
+            f"test-time training needs a sampler that returns token ids and takes LoRA adapters; "
+            f"{backend.name} does not",
+            "use --sampler hf or --sampler vllm with --model DIR (or drop --ttt-steps / ttt from --strategies)")
+    if not model:
+        raise KoptError("--ttt-steps needs the model's weights", "pass --model DIR (a Hugging Face model dir)")
 
 
 # ---- rewards and advantages (pure) ----------------------------------------------------------------
@@ -162,8 +201,7 @@ def _score_step(pool, indices: Sequence[int]) -> tuple[float | None, list[EvalRe
 
 def _describe(pool, step: int, indices: Sequence[int], score: float | None, results, adapter: str | None = None,
               **extra) -> StepReport:
-    mode = pool.options.surprisal
-    surprisals = [s for s in (pool.candidates[i].sample.surprisal(mode) for i in indices) if s is not None]
+    surprisals = [s for s in (pool.surprisal(i) for i in indices) if s is not None]
     reps = {pool.representative(i) for i in indices if pool.candidates[i].code is not None}
     return StepReport(
         step=step, score=score, adapter=adapter, samples=len(indices),
@@ -184,27 +222,25 @@ def _check_token_ids(pool, indices: Sequence[int]) -> None:
                 "use --sampler hf or --sampler vllm (the samples are never re-tokenised for training)")
 
 
-def _sleeping(sampler):
+def _sleeping(pool):
     """A context that frees the sampler's accelerator memory during the backward pass, if it can.
 
-    Samplers may offer `sleep()` / `wake_up()` (vLLM: `LLM.sleep(level=1)` needs `enable_sleep_mode=True`
-    at engine start). Without them nothing happens: on CPU and small models the
-    engine and the trainer fit together.
+    A backend with `can_sleep` (vLLM: `LLM.sleep(level=1)` needs `enable_sleep_mode=True` at engine start)
+    sleeps; without it nothing happens: on CPU and small models the engine and the trainer fit together.
     """
     import contextlib
 
     @contextlib.contextmanager
     def ctx():
-        sleep = getattr(sampler, "sleep", None)
-        wake = getattr(sampler, "wake_up", None)
-        if callable(sleep) and callable(wake):
-            sleep()
-            try:
-                yield
-            finally:
-                wake()
-        else:
+        sampler = pool.sampler_if_built
+        if sampler is None or not pool.backend.can_sleep:
             yield
+            return
+        sampler.sleep()
+        try:
+            yield
+        finally:
+            sampler.wake_up()
 
     return ctx()
 
@@ -218,36 +254,25 @@ def _train_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def adapt(pool, options, progress: Progress = no_progress, warn: Callable[[str], None] | None = None,
-          sampler_holder: dict | None = None) -> dict[str, Any]:
-    """Run up to `options.ttt_steps` TTT steps on `pool` (already sampled and checked: step 0).
+def adapt(pool, options: TTTOptions, progress: Progress = no_progress,
+          warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run up to `options.ttt_steps` TTT steps on `pool` (a kopt.pool.Pool, sampled and checked: step 0).
 
     New samples and candidates are appended to `pool` (their `step` field says which step made them), so the
     selection afterwards runs over every step's candidates (the paper finds the best kernels in the tail).
     Returns report["ttt"]: {"steps": [...], "chosen_step", "chosen_adapter", "stopped", "params", ...}.
     """
-    from kopt import pipeline
-    from kopt.prompt import normalize_code
     from kopt.ttt_train import LoraTrainer, TrainItem, torch_threads
 
     warn = warn or (lambda msg: None)
-    run = options.run
-    holder = sampler_holder if sampler_holder is not None else {}
+    run = pool.options
     if options.ttt_steps < 1:
         raise KoptError(f"--ttt-steps must be at least 1 here, got {options.ttt_steps}", "e.g. --ttt-steps 2")
-    if options.ttt_k < 2:
-        raise KoptError(f"--ttt-k must be at least 2 (advantages are leave-one-out), got {options.ttt_k}",
-                        "the paper uses 32")
-    if not run.model:
-        raise KoptError("--ttt-steps needs the model's weights", "pass --model DIR (a Hugging Face model dir)")
+    if options.ttt_k is None:
+        raise KoptError("--ttt-k is not set", "pass --ttt-k 32 (the paper's)")
+    require_trainable(pool.backend, run.model)
     base = _step_indices(pool, 0)
     _check_token_ids(pool, base)
-
-    # The normalised-code map shared by every step, so a kernel seen at step 0 is a duplicate later on.
-    seen: dict[str, int] = {}
-    for c in pool.candidates:
-        if c.code is not None and c.duplicate_of is None:
-            seen.setdefault(pipeline._sha(normalize_code(c.code)), c.index)
 
     ttt_dir = pool.run_dir / "ttt"
     t0 = time.monotonic()
@@ -260,7 +285,6 @@ def adapt(pool, options, progress: Progress = no_progress, warn: Callable[[str],
     prev_indices, prev_results = base, results0
     trainer = None
     adapters: dict[int, str] = {}
-    params = pipeline.sampler_params_for(run)
     try:
         for s in range(1, options.ttt_steps + 1):
             progress("ttt", s - 1, options.ttt_steps)
@@ -283,7 +307,7 @@ def adapt(pool, options, progress: Progress = no_progress, warn: Callable[[str],
                     trainer = LoraTrainer(run.model, rank=options.lora_rank, lr=options.ttt_lr,
                                           temperature=run.temperature, seed=run.seed)
                 # Dr. GRPO's constant: batch size × max completion length (arXiv 2503.20783).
-                with _sleeping(holder.get("sampler")):
+                with _sleeping(pool):
                     stats = trainer.step(items, norm_tokens=len(items) * max(1, run.max_tokens))
                 step_dir = trainer.save(ttt_dir / f"step{s}")
             train_s = time.monotonic() - t_train
@@ -292,18 +316,13 @@ def adapt(pool, options, progress: Progress = no_progress, warn: Callable[[str],
             t_sample = time.monotonic()
             start = len(pool.samples)
             idx = list(range(start, start + options.ttt_k))
-            got = pipeline.draw_samples(pool.prompt, run, pool.sampler_name, params, pool.cache, progress, idx,
-                                        adapter=str(step_dir), sampler_holder=holder)
-            new_samples = [got[i] for i in idx]
+            new_samples = pool.draw(idx, adapter=str(step_dir))
             sample_s = time.monotonic() - t_sample
             _check_token_ids_samples(new_samples, pool.sampler_name)
-            new = pipeline.make_candidates(new_samples, start=start, step=s, seen=seen)
-            pool.samples.extend(new_samples)
-            pool.candidates.extend(new)
-            pipeline._write_jsonl_atomic(pool.samples_path, [x.to_json() for x in pool.samples])
+            new = pool.extend(new_samples, step=s)
 
             t_eval = time.monotonic()
-            pipeline.evaluate_candidates(pool, new)
+            pool.check([c.index for c in new])
             score, results = _score_step(pool, idx)
             eval_s = time.monotonic() - t_eval
             all_results.extend(results)
@@ -341,5 +360,5 @@ def _check_token_ids_samples(samples, sampler_name: str) -> None:
                             "use --sampler hf or --sampler vllm")
 
 
-__all__ = ["REWARD_CAP", "BestOfAdaptation", "StepReport", "adapt", "best_of_adaptation",
-           "median_correct_speedup", "rewards", "rloo_advantages"]
+__all__ = ["REWARD_CAP", "BestOfAdaptation", "StepReport", "TTTOptions", "adapt", "best_of_adaptation",
+           "median_correct_speedup", "oversharpening_note", "require_trainable", "rewards", "rloo_advantages"]

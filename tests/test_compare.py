@@ -191,13 +191,13 @@ def test_targets_and_samples_resolution(tmp_path):
 def _pipeline_ready() -> bool:
     try:
         from kopt.evaluator import Evaluator, machine_fingerprint  # noqa: F401
-        from kopt.pipeline import build_pool  # noqa: F401
+        from kopt.pool import Pool  # noqa: F401
     except ImportError:
         return False
     return (REPO / "examples" / "gelu" / "samples_cpu.jsonl").is_file()
 
 
-@pytest.mark.skipif(not _pipeline_ready(), reason="kopt.pipeline / kopt.evaluator or the examples have not landed")
+@pytest.mark.skipif(not _pipeline_ready(), reason="kopt.pool / kopt.evaluator or the examples have not landed")
 def test_end_to_end_cpu_compare_and_cached_rerun(tmp_path):
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "kopt", "compare", "examples/gelu", "examples/swish", "--samples", "examples",

@@ -72,24 +72,24 @@ def test_strategy_names_with_ttt():
 
 
 def test_ttt_refused_before_sampling():
-    from kopt.pipeline import RunOptions
+    from kopt.pool import RunOptions
     from kopt.task import load_task
 
     task = load_task(str(GELU / "task.py"))
     names = list(ALL_STRATEGIES) + [TTT]
     replay = RunOptions(samples=GELU / "samples_cpu.jsonl", k=8, target="cpu")
     with pytest.raises(KoptError, match="replay does not") as e:
-        run_compare([task], replay, seeds=[0], strategies=names, ttt=TTTOptions(steps=1))
+        run_compare([task], replay, seeds=[0], strategies=names, ttt=TTTOptions(ttt_steps=1, ttt_k=None))
     assert "--sampler hf" in e.value.hint
     openai = RunOptions(sampler="openai", model="m", base_url="http://127.0.0.1:9/v1", k=8, target="cpu")
     with pytest.raises(KoptError, match="openai does not"):
-        run_compare([task], openai, seeds=[0], strategies=names, ttt=TTTOptions(steps=1))
+        run_compare([task], openai, seeds=[0], strategies=names, ttt=TTTOptions(ttt_steps=1, ttt_k=None))
     hf = RunOptions(sampler="hf", model="/nonexistent", k=8, target="cpu")
     with pytest.raises(KoptError, match="needs --ttt-steps"):
         run_compare([task], hf, seeds=[0], strategies=names, ttt=None)
     with pytest.raises(KoptError, match="leaves 1 sample"):
         run_compare([task], RunOptions(sampler="hf", model="/nonexistent", k=3, target="cpu"), seeds=[0],
-                    strategies=names, ttt=TTTOptions(steps=1))
+                    strategies=names, ttt=TTTOptions(ttt_steps=1, ttt_k=None))
 
 
 # ---- the outcome of a scripted TTT run ----------------------------------------------------------------

@@ -1,7 +1,9 @@
 """`kopt optimize` end to end on the CPU: replay pool -> real compiles -> real checks -> timing -> winner.
 
 The examples' hand-written gelu pool has correct kernels of different speed, wrong ones, one that does not
-compile, a duplicate and an answer without code. One KOPT_HOME is shared by the module so every candidate
+compile, a duplicate and an answer without code. By surprisal (per token) its unique candidates rank
+4 (wrong), 2 (correct), 7 (wrong), 6 (does not compile), 8, 1 (correct), 3, 0 (correct), 5 (wrong): the
+default surprisal-ordered evaluation checks the first six and skips the last three. One KOPT_HOME is shared by the module so every candidate
 compiles once; each test that needs a cold start says so.
 """
 
@@ -58,8 +60,14 @@ def test_winner_is_written_with_a_measured_speedup(first_run):
     statuses = [c["status"] for c in report["candidates"]]
     assert len(statuses) == K
     assert statuses.count("compile_error") == 1
-    assert statuses.count("incorrect") >= 3  # wrong constant, missing 0.5, erf GELU
+    assert statuses.count("incorrect") == 2  # wrong constant, erf GELU; the missing 0.5 is never checked
     assert statuses.count("no_code") == 1
+    assert [i for i, s in enumerate(statuses) if s == "skipped"] == [0, 3, 5]
+    ev = report["evaluation"]
+    assert ev["mode"] == "surprisal-ordered" and "--exhaustive" in ev["why"]
+    assert (ev["unique"], ev["checked"], ev["timed"], ev["skipped"]) == (9, 6, 3, 3)
+    assert ev["compiled"] == 6 and report["baseline"] == "best"
+    assert report["winner"]["speedup_vs_eager"] == report["winner"]["speedup"]
     dups = [c for c in report["candidates"] if c["duplicate_of"] is not None]
     assert len(dups) == 1 and dups[0]["duplicate_of"] == 1
     w = report["winner"]
@@ -85,11 +93,27 @@ def test_rerun_is_a_full_cache_hit(first_run, home):
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads(proc.stdout)
     last = cache_info(home, cwd)["last_run"]
-    # Nothing compiled, checked or timed: every verdict came from the cache.
-    assert last["misses"].get("check", 0) == 0 and last["misses"].get("time", 0) == 0
-    assert last["hits"]["check"] == 9 and last["hits"]["time"] >= 3
+    # Nothing compiled, checked or timed: every verdict came from the cache (the three skipped candidates
+    # are looked up once and stay skipped).
+    assert again["evaluation"]["evaluated_now"] == 0 and again["evaluation"]["timed_now"] == 0
+    assert last["misses"].get("check", 0) == 3 and last["misses"].get("time", 0) == 0
+    assert last["hits"]["check"] == 6 and last["hits"]["time"] >= 3
     assert again["winner"] == {**report["winner"]}
     assert [c["status"] for c in again["candidates"]] == [c["status"] for c in report["candidates"]]
+
+
+def test_exhaustive_rerun_reuses_every_cached_verdict_and_picks_the_same(first_run, home):
+    cwd, out, report, _ = first_run
+    proc = kopt(optimize_args(out, "--force", "--exhaustive"), home, cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    full = json.loads(proc.stdout)
+    last = cache_info(home, cwd)["last_run"]
+    assert full["evaluation"]["mode"] == "exhaustive" and full["evaluation"]["skipped"] == 0
+    assert full["evaluation"]["evaluated_now"] == 3  # only the three the surprisal-ordered run skipped
+    assert last["hits"]["check"] == 6 and last["misses"]["check"] == 3
+    statuses = [c["status"] for c in full["candidates"]]
+    assert statuses.count("incorrect") == 3 and statuses.count("correct") == 6  # 5 unique + the duplicate
+    assert full["winner"]["index"] == report["winner"]["index"] and sorted(full["timed"]) == sorted(report["timed"])
 
 
 def test_existing_output_is_never_overwritten_silently(first_run, home):
@@ -175,4 +199,4 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = cache_info(home, tmp_path)["last_run"]
     assert last["hits"]["check"] >= done
-    assert last["hits"]["check"] + last["misses"]["check"] == 9
+    assert last["hits"]["check"] + last["misses"]["check"] == 9  # each verdict looked up once

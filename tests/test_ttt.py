@@ -156,10 +156,12 @@ def test_lora_step_freezes_base_moves_lora_b_and_round_trips(trained_tiny_model_
 def _optimize(model_dir, sampler, out, steps=2, lr=2e-3):
     from kopt.pipeline import OptimizeOptions, RunOptions, optimize
     from kopt.task import load_task
+    from kopt.ttt import TTTOptions
 
     run = RunOptions(sampler=sampler, model=model_dir, k=K, max_tokens=MAX_TOKENS, temperature=0.25, seed=0,
                      target="cpu", jobs=2, enable_lora=True)
-    opts = OptimizeOptions(run=run, out=out, force=True, ttt_steps=steps, ttt_lr=lr, ttt_k=K, ttt_patience=1)
+    ttt = TTTOptions(ttt_steps=steps, ttt_lr=lr, ttt_k=K, ttt_patience=1)
+    opts = OptimizeOptions(run=run, out=out, force=True, ttt=ttt)
     warnings: list[str] = []
     res = optimize(load_task(str(GELU / "task.py")), opts, warn=warnings.append)
     return res, warnings

@@ -78,55 +78,33 @@ def expand_targets(targets: list[str]) -> list[str]:
     return out
 
 
+@options.with_settings("compare")
 def compare(
     targets: Optional[List[str]] = typer.Argument(None, help="Task files, file.py:Class or folders of task files."),
-    strategies: str = typer.Option("all", "--strategies", help="all, or a comma-separated list: oracle,random,confidence,surprisal,surprisal-top-m,ttt (all includes ttt only with --ttt-steps)."),
-    k: Optional[int] = typer.Option(None, "--k", help="Samples per task and seed (default 64, as in the paper)."),
-    seeds: str = typer.Option("42", "--seeds", help="Comma-separated sampling seeds, e.g. 42,43,44."),
-    top_m: int = typer.Option(3, "--top-m", help="m for surprisal-top-m (default 3)."),
     kernelbench: Optional[Path] = typer.Option(None, "--kernelbench", help="KernelBench folder (or its level1 folder)."),
     ids: Optional[str] = typer.Option(None, "--ids", help="KernelBench problem ids, e.g. 4,5,12."),
     split: Optional[str] = typer.Option(None, "--split", help="eval or train: the paper's L1 split (split_l1_seed42.json)."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="A split JSON file with 'eval'/'train' id lists."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write results.json, results.csv, PNG plots and report.md here."),
-    device_target: Optional[str] = options.Target,
-    sampler: Optional[str] = options.Sampler,
-    model: Optional[str] = options.Model,
-    base_url: Optional[str] = options.BaseUrl,
-    api_key_env: Optional[str] = options.ApiKeyEnv,
-    api: Optional[str] = options.Api,
-    samples: Optional[Path] = typer.Option(None, "--samples", help="Replay: one samples file (one task) or a folder of <task name>.jsonl."),
-    temperature: Optional[float] = options.Temperature,
-    max_tokens: Optional[int] = options.MaxTokens,
-    surprisal: Optional[str] = options.Surprisal,
-    jobs: Optional[int] = options.Jobs,
-    timeout: Optional[float] = options.Timeout,
-    no_cache: bool = options.NoCache,
-    prompt_template: Optional[Path] = options.PromptTemplate,
-    atol: Optional[float] = options.Atol,
-    rtol: Optional[float] = options.Rtol,
     inputs: options.InputList = options.Inputs,
     init_args: Optional[str] = options.InitArgs,
     sets: options.InputList = options.Sets,
-    ttt_steps: int = typer.Option(0, "--ttt-steps", help="Add the ttt strategy: LoRA TTT steps with Best-of-Adaptation (0: off; 1-2 recommended)."),
-    ttt_lr: float = typer.Option(1e-5, "--ttt-lr", help="TTT learning rate (paper: 1e-5)."),
-    lora_rank: int = typer.Option(16, "--lora-rank", help="TTT LoRA rank (paper: 16)."),
-    ttt_k: Optional[int] = typer.Option(None, "--ttt-k", help="Samples per TTT round (default K // (ttt-steps + 1): (steps + 1)·ttt_k ≤ K, the matched budget)."),
-    ttt_patience: int = typer.Option(1, "--ttt-patience", help="Stop TTT after this many consecutive regressions."),
     as_json: bool = options.Json,
+    values: Optional[dict] = None,
 ) -> int:
-    """Compare oracle, random, confidence, surprisal, surprisal-top-m (and ttt) selection on the same samples."""
-    from kopt.cli.console import console, print_warning, progress_bars
-    from kopt.comparison import TTTOptions, parse_strategies, run_compare, write_report
-    from kopt.config import load_config, resolve
-    from kopt.errors import KoptError
-    from kopt.pipeline import RunOptions
-    from kopt.task import load_task
+    """Compare oracle, random, confidence, surprisal, surprisal-top-m (and ttt) selection on the same samples.
 
-    if ttt_steps < 0:
-        raise KoptError(f"--ttt-steps must be 0 or more, got {ttt_steps}", "e.g. --ttt-steps 1")
-    names = parse_strategies(strategies, ttt_steps)
-    seed_list = _int_list(seeds, "--seeds")
+    Every candidate is compiled and checked (the oracle and random need every verdict)."""
+    from kopt.cli.console import console, print_warning, progress_bars
+    from kopt.comparison import parse_strategies, run_compare, write_report
+    from kopt.errors import KoptError
+    from kopt.pool import RunOptions
+    from kopt.task import load_task
+    from kopt.ttt import TTTOptions
+
+    v = values or {}
+    names = parse_strategies(v["strategies"], v["ttt_steps"])
+    seed_list = _int_list(v["seeds"], "--seeds")
     if not seed_list:
         raise KoptError("--seeds is empty", "e.g. --seeds 42,43")
     paths = expand_targets(list(targets or []))
@@ -134,27 +112,12 @@ def compare(
         paths += kernelbench_targets(kernelbench, ids, split, split_file)
     if not paths:
         raise KoptError("no TARGET given", "pass task files or folders, or --kernelbench DIR --ids 4,5,12")
-    defaults = {**options.RUN_DEFAULTS, "k": 64}
-    flags = dict(sampler=sampler, model=model, base_url=base_url, api_key_env=api_key_env, api=api,
-                 samples=samples, k=k, temperature=temperature, max_tokens=max_tokens, target=device_target,
-                 jobs=jobs, timeout=timeout, prompt_template=prompt_template, atol=atol, rtol=rtol,
-                 surprisal=surprisal)
-    cfg = resolve(flags, load_config(), defaults)
     tasks = [load_task(p, inputs=inputs, init_args=init_args, sets=sets) for p in paths]
-    run = RunOptions(
-        sampler=cfg["sampler"], model=cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"],
-        api=cfg["api"], samples=Path(cfg["samples"]) if cfg["samples"] else None, k=int(cfg["k"]),
-        temperature=float(cfg["temperature"]), max_tokens=int(cfg["max_tokens"]), seed=seed_list[0],
-        target=cfg["target"], jobs=int(cfg["jobs"]), timeout_s=float(cfg["timeout"]),
-        prompt_template=Path(cfg["prompt_template"]) if cfg["prompt_template"] else None,
-        atol=cfg["atol"], rtol=cfg["rtol"], surprisal=cfg["surprisal"], no_cache=no_cache,
-        enable_lora="ttt" in names, max_lora_rank=lora_rank,
-    )
-    ttt = (TTTOptions(steps=ttt_steps, lr=ttt_lr, lora_rank=lora_rank, k=ttt_k, patience=ttt_patience)
-           if "ttt" in names else None)
+    run = RunOptions.from_settings(v, seed=seed_list[0], enable_lora="ttt" in names, max_lora_rank=v["lora_rank"])
+    ttt = TTTOptions.from_settings(v) if "ttt" in names else None
     with progress_bars(enabled=not as_json) as progress:
-        result = run_compare(tasks, run, seeds=seed_list, strategies=names, top_m=top_m, progress=progress,
-                             ttt=ttt, warn=print_warning)
+        result = run_compare(tasks, run, seeds=seed_list, strategies=names, top_m=v["top_m"], progress=progress,
+                             ttt=ttt, warn=print_warning, baseline=v["baseline"])
     written = write_report(result, report) if report is not None else []
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
@@ -181,7 +144,8 @@ def render(console, result) -> None:
         table.add_row(s.strategy, f(s.fast_1.mean), f(s.fast_1.seed_std), f(s.mean_speedup.mean, ".2f") + "x"
                       if s.mean_speedup.mean is not None else "-", f(s.geomean_speedup, ".2f"),
                       f(s.correctness.mean), f(s.cost.mean, ".2f"), str(s.equivalent_k or "-"))
-    console.print(table)
+    # Not a terminal (a pipe, CI logs): print at the table's own width, not rich's 80-column default.
+    console.print(table, width=None if console.is_terminal else max(console.width, 160))
     b = result.params.get("ttt")
     if b:
         console.print(f"ttt: matched rollout budget, step 0 = the first {b['ttt_k']} of the K={result.k} samples, "
@@ -193,5 +157,8 @@ def render(console, result) -> None:
             console.print(f"  {run['task']} seed {run['seed']}: step fast_1 {scores}; chose step "
                           f"{run['chosen_step']} ({run['stopped']})")
     notes = sorted({n for s in result.strategies for o in s.picks for n in o.notes})
-    for n in notes[:6]:
+    if all(s.strategy != "ttt" for s in result.strategies):
+        notes.append("ttt is not among the strategies: add --ttt-steps 1 with --sampler hf|vllm --model DIR "
+                     "(replay and openai samplers cannot train)")
+    for n in notes[:7]:
         console.print(f"[dim]note:[/] {n}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -14,26 +14,45 @@ Json = typer.Option(False, "--json", help="Print one JSON object instead of tabl
 
 InputList = Optional[List[str]]
 
-# Sampler options (kopt optimize, kopt compare).
-Sampler = typer.Option(None, "--sampler", help="vllm | openai | hf | replay (default: replay with --samples, openai with --base-url, else vllm on a GPU).")
-Model = typer.Option(None, "--model", help="Model name or local directory (vllm, hf) or served model name (openai).")
-BaseUrl = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (vllm serve).")
-ApiKeyEnv = typer.Option(None, "--api-key-env", help="Name of the environment variable that holds the API key.")
-Api = typer.Option(None, "--api", help="openai sampler: chat | completions | auto.")
-Samples = typer.Option(None, "--samples", help="Samples file (JSONL) for --sampler replay.")
-Temperature = typer.Option(None, "--temperature", help="Sampling temperature (default 0.25, as in the paper).")
-MaxTokens = typer.Option(None, "--max-tokens", help="Maximum tokens per sample (default 2048).")
-Seed = typer.Option(None, "--seed", help="Sampling seed (default 0).")
-Jobs = typer.Option(None, "--jobs", help="Parallel compiles and checks (default 2).")
-Timeout = typer.Option(None, "--timeout", help="Seconds each check or timing process may run (default 120).")
 NoCache = typer.Option(False, "--no-cache", help="Ignore the cache: sample and evaluate everything again.")
-PromptTemplate = typer.Option(None, "--prompt-template", help="Prompt template file (see templates/prompt_cpu.txt).")
-Atol = typer.Option(None, "--atol", help="Absolute tolerance (default 1e-4 for fp32, 1e-2 for half types).")
-Rtol = typer.Option(None, "--rtol", help="Relative tolerance (default 1e-4 for fp32, 1e-2 for half types).")
-Surprisal = typer.Option(None, "--surprisal", help="mean (per token, the paper's ranking) or sum.")
 
-RUN_DEFAULTS = {
-    "sampler": None, "model": None, "base_url": None, "api_key_env": None, "api": "auto", "samples": None,
-    "k": 16, "temperature": 0.25, "max_tokens": 2048, "seed": 0, "target": "auto", "jobs": 2, "timeout": 120.0,
-    "prompt_template": None, "atol": None, "rtol": None, "surprisal": "mean",
-}
+
+def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per setting it takes (kopt/settings.py), generated from the declarations.
+
+    The decorated function declares only its own parameters plus `values`; it receives every setting
+    resolved (declared default < kopt.toml / [tool.kopt] < flag) and validated in `values`.
+    """
+    import inspect
+    import typing
+    from pathlib import Path
+
+    from kopt import settings as S
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        declared = S.for_command(command)
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(fn).parameters.values() if p.name != "values"]
+        generated = [
+            inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY,
+                              default=typer.Option(None, s.option, help=s.help, show_default=False),
+                              annotation=Optional[Path if s.path else s.type])
+            for s in declared
+        ]
+
+        def command_fn(**kw: Any) -> Any:
+            from kopt.config import settings_for
+
+            given = {s.name: kw.pop(s.name) for s in declared}
+            given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
+            return fn(**kw, values=settings_for(command, given))
+
+        params = own + generated
+        command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command_fn.__annotations__ = {p.name: p.annotation for p in params}
+        command_fn.__name__, command_fn.__doc__ = fn.__name__, fn.__doc__
+        command_fn.__module__, command_fn.__qualname__ = fn.__module__, fn.__qualname__
+        return command_fn
+
+    return deco

@@ -8,7 +8,7 @@ import importlib.util
 from kopt.errors import KoptError, SamplerError
 from kopt.samplers.base import Sampler, SamplerParams, derive_seed
 
-__all__ = ["SAMPLERS", "Sampler", "SamplerParams", "default_sampler", "derive_seed", "get_sampler"]
+__all__ = ["SAMPLERS", "Sampler", "SamplerParams", "default_sampler", "derive_seed", "get_sampler", "sampler_class"]
 
 SAMPLERS: dict[str, str] = {
     "vllm": "kopt.samplers.vllm:VLLMSampler",
@@ -18,12 +18,17 @@ SAMPLERS: dict[str, str] = {
 }
 
 
-def get_sampler(name: str, params: SamplerParams) -> Sampler:
-    """Build the sampler `name`. The backend's heavy imports happen in its constructor."""
+def sampler_class(name: str) -> type[Sampler]:
+    """The backend class `name`, for its capabilities; importing its module loads no model."""
     if name not in SAMPLERS:
         raise KoptError(f"unknown sampler {name!r}", f"use one of {', '.join(SAMPLERS)}")
     module, _, cls = SAMPLERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(params)
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_sampler(name: str, params: SamplerParams) -> Sampler:
+    """Build the sampler `name`. The backend's heavy imports happen in its constructor."""
+    return sampler_class(name)(params)
 
 
 def _cuda_present() -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from kopt import settings as S
 from kopt.records import Sample
 
 # The log-probs every model-backed sampler records: log_softmax of the raw logits (vLLM's "raw_logprobs").
@@ -23,16 +24,16 @@ RAW = "raw"
 @dataclass(frozen=True)
 class SamplerParams:
     model: str | None = None  # HF dir/name (hf, vllm) or served model name (openai)
-    temperature: float = 0.25  # Barnes 2026 samples at T=0.25
-    max_tokens: int = 2048
-    seed: int = 0
+    temperature: float = S.default("temperature")  # Barnes 2026 samples at T=0.25
+    max_tokens: int = S.default("max_tokens")
+    seed: int = S.default("seed")
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (as for the OpenAI SDK)
     api_key_env: str | None = None  # openai: the NAME of the env var that holds the key, never the key
-    api: str = "auto"  # openai: "chat" | "completions" | "auto" (see kopt/samplers/openai.py)
+    api: str = S.default("api")  # openai: "chat" | "completions" | "auto" (see kopt/samplers/openai.py)
     concurrency: int = 8  # openai: requests in flight
     samples_path: str | None = None  # replay
     enable_lora: bool = False  # vllm: build the engine with LoRA support (TTT)
-    max_lora_rank: int = 16  # vllm: one of 1, 8, 16, 32, 64, ... (vLLM docs, features/lora)
+    max_lora_rank: int = S.default("lora_rank")  # vllm: one of 1, 8, 16, 32, 64, ... (vLLM docs, features/lora)
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -45,10 +46,28 @@ def derive_seed(seed: int, index: int) -> int:
 
 
 class Sampler(ABC):
-    """One backend. Subclasses set `name` and implement `sample`; heavy imports stay inside methods."""
+    """One backend. Subclasses set `name` and implement `sample`; heavy imports stay inside methods.
+
+    Capabilities are class attributes, so kopt reads them without building (loading) the backend, and only
+    `kopt.samplers.sampler_class` + these attributes decide what a backend is asked to do.
+    """
 
     name: ClassVar[str]
-    cacheable: ClassVar[bool] = True
+    cacheable: ClassVar[bool] = True  # samples may be cached per index (replay: the file is the cache)
+    token_ids: ClassVar[bool] = False  # returns the sampled and the prompt's token ids (TTT trains on them)
+    adapters: ClassVar[bool] = False  # samples with a LoRA adapter directory (TTT)
+    can_sleep: ClassVar[bool] = False  # frees accelerator memory on sleep() while TTT trains, wake_up() after
+    chat: ClassVar[bool] = False  # renders the prompt as chat messages (a chat template or a chat API)
+
+    @classmethod
+    def identity(cls, params: SamplerParams) -> str:
+        """The model's name in run directories and reports, known before the backend is built."""
+        return params.model or ""
+
+    @classmethod
+    def trainable(cls) -> bool:
+        """Test-time training needs the sampler's own token ids and LoRA adapters."""
+        return cls.token_ids and cls.adapters
 
     def __init__(self, params: SamplerParams):
         self.params = params
@@ -73,6 +92,12 @@ class Sampler(ABC):
 
         `prompt` is a kopt.prompt.Prompt; `adapter` a peft LoRA adapter directory (TTT) or None.
         """
+
+    def sleep(self) -> None:  # noqa: B027 - only backends with can_sleep free anything
+        """Free accelerator memory for a TTT training step."""
+
+    def wake_up(self) -> None:  # noqa: B027
+        """Take back what sleep() freed."""
 
     def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing to free
         """Free the model / connections. Safe to call twice."""

@@ -27,6 +27,9 @@ from kopt.samplers.base import (
 
 class HFSampler(Sampler):
     name = "hf"
+    token_ids = True
+    adapters = True
+    chat = True
 
     def __init__(self, params: SamplerParams):
         super().__init__(params)

@@ -47,6 +47,7 @@ class _HTTPStatus(Exception):
 
 class OpenAISampler(Sampler):
     name = "openai"
+    chat = True  # token ids only when the server is vLLM: not promised, so no token_ids capability
     max_attempts = 6  # 1 try + 5 retries: 0.5+1+2+4+8 s of backoff at most, unless Retry-After says otherwise
     backoff_s = 0.5
     max_backoff_s = 30.0

@@ -20,6 +20,10 @@ class ReplaySampler(Sampler):
     name = "replay"
     cacheable = False
 
+    @classmethod
+    def identity(cls, params: SamplerParams) -> str:
+        return params.model or "replay"
+
     def __init__(self, params: SamplerParams):
         super().__init__(params)
         if not params.samples_path:

@@ -29,6 +29,10 @@ CPU_KV_CACHE_BYTES = 64 * 2**20  # measured: 0.77 GB peak RSS, 1.6 s init with a
 
 class VLLMSampler(Sampler):
     name = "vllm"
+    token_ids = True
+    adapters = True
+    can_sleep = True  # on a GPU with LoRA enabled (sleep mode); a no-op elsewhere
+    chat = True
 
     def __init__(self, params: SamplerParams):
         super().__init__(params)
