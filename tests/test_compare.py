@@ -13,9 +13,11 @@ import pytest
 
 from kopt import metrics as M
 from kopt.cli.compare_cmd import expand_targets, kernelbench_targets
-from kopt.comparison import ALL_STRATEGIES, parse_strategies, samples_for, score_pool, summarize, write_report
+from kopt.compare_report import summarize, write_report
+from kopt.comparison import samples_for
 from kopt.errors import KoptError
 from kopt.records import Candidate, EvalResult, Sample, Scored, Status
+from kopt.scoring import ALL_STRATEGIES, parse_strategies, score_pool
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,20 +15,12 @@ pytest.register_assert_rewrite("trained_tiny")
 
 from trained_tiny import GELU
 
-from kopt.comparison import (
-    ALL_STRATEGIES,
-    TTT,
-    TTTOptions,
-    parse_strategies,
-    report_markdown,
-    run_compare,
-    score_pool,
-    score_ttt,
-    summarize,
-    ttt_budget,
-)
+from kopt.compare_report import report_markdown, summarize
+from kopt.comparison import run_compare
 from kopt.errors import KoptError
 from kopt.records import EvalResult, Status
+from kopt.scoring import ALL_STRATEGIES, TTT, parse_strategies, score_pool, score_ttt, ttt_budget
+from kopt.ttt import TTTOptions
 
 pytest_plugins = ["trained_tiny"]
 

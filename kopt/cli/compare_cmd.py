@@ -5,7 +5,7 @@ TARGETs: task files, file.py:Class, directories of task files, or `--kernelbench
 Replay: `--samples FILE` for one task, or `--samples DIR` holding `<task name>.jsonl` per task (or
 `<task>/samples_<target>.jsonl`, the layout of kopt's examples/).
 TTT arm: `--ttt-steps N` (with `--sampler hf|vllm --model DIR`) adds strategy `ttt`: LoRA test-time training
-with Best-of-Adaptation under a rollout budget matched to K ((N+1)·ttt_k ≤ K; see kopt/comparison.py).
+with Best-of-Adaptation under a rollout budget matched to K ((N+1)·ttt_k ≤ K; see kopt/comparison.py and kopt/scoring.py).
 """
 
 from __future__ import annotations
@@ -96,9 +96,11 @@ def compare(
 
     Every candidate is compiled and checked (the oracle and random need every verdict)."""
     from kopt.cli.console import console, print_warning, progress_bars
-    from kopt.comparison import parse_strategies, run_compare, write_report
+    from kopt.compare_report import write_report
+    from kopt.comparison import run_compare
     from kopt.errors import KoptError
     from kopt.pool import RunOptions
+    from kopt.scoring import parse_strategies
     from kopt.task import load_task
     from kopt.ttt import TTTOptions
 
