@@ -1,8 +1,11 @@
-"""Evaluator costs, side by side in one run (python benchmarks/bench_evaluator.py [--reps N]):
+"""Evaluator costs per stage, side by side in one run (python benchmarks/bench_evaluator.py [--reps N]):
 
-- overhead per candidate excluding compile: check() of an already-built candidate (static gate, sandboxed
-  check process, judge), and time() of it with --min-calls/--min-time-s shrunk to the minimum;
-- compile time per CPU candidate: cold plain (no PCH), cold with the PCH, and warm (build dir cached).
+- session start: a sandboxed kopt_child process up to `ready` (process start, torch import, init message);
+- check overhead per candidate excluding compile: check() of an already-built candidate (static gate, .so
+  re-verify, one session: start + the check calls + reveal, judge), and its parts;
+- time() of it with --min-calls/--min-time-s shrunk to the minimum (A/B/A reference rounds included), and
+  the reference under torch.compile (once per evaluator; its compile time apart);
+- compile time per CPU candidate: cold with the PCH and warm (build cached); --plain adds cold without PCH.
 
 Each cold build gets a unique comment inside its C++ source (builds are keyed by the extension's sources), so
 nothing is cached; KOPT_HOME and KOPT_BUILD_DIR are fresh temp dirs.
@@ -26,12 +29,14 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--plain", action="store_true", help="also a cold build without the PCH (slow)")
     ap.add_argument("--task", default=str(REPO.parent / "shared" / "kernelbench" / "level1" / "19_ReLU.py"))
     args = ap.parse_args()
     os.environ.setdefault("MAX_JOBS", "1")
     os.environ["KOPT_HOME"] = tempfile.mkdtemp(prefix="kopt-bench-")
     os.environ["KOPT_BUILD_DIR"] = os.path.join(os.environ["KOPT_HOME"], "build")
     from kopt.evaluator import EvalSettings, Evaluator
+    from kopt.evaluator.calls import check_run
     from kopt.task import load_task
 
     task = load_task(args.task, sets=["batch_size=16", "dim=4096"])
@@ -44,29 +49,46 @@ def main() -> None:
     def fresh() -> str:
         return base.replace(opening, f"{opening}\n// bench {uuid.uuid4().hex}", 1)
 
-    def build_s(ev: Evaluator, src: str, pch: bool) -> float:
-        ev._pch_ok = pch if pch is False else ev._pch_ok
+    def build_s(ev: Evaluator, src: str) -> float:
         t0 = time.monotonic()
         [b] = ev.build([src])
         assert b.failure is None, b.failure.reason
         return time.monotonic() - t0
 
-    rows: dict[str, list[float]] = {"compile cold, plain": [], "compile cold, PCH": [], "compile warm (cached)": [],
-                                    "check overhead (built)": [], "time overhead (5 calls)": []}
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "compile cold, plain", "compile cold, PCH", "compile warm (cached)", "session start (ref Model)",
+        "check: session start", "check: calls + reveal", "check overhead (built)", "time overhead (5 calls)")}
     with Evaluator(task, settings) as ev:
         t0 = time.monotonic()
         ev._warm_pch()
         print(f"PCH warm-up (build or verify): {time.monotonic() - t0:.1f} s, PCH present: {ev._pch_ok}")
-        ev._ensure_reference()
-        for _ in range(args.reps):
+        t0 = time.monotonic()
+        ev.prepare()
+        print(f"prepare (reference trials, shapes, fp64 oracle): {time.monotonic() - t0:.2f} s")
+        for rep in range(args.reps):
             src = fresh()
-            with Evaluator(task, settings) as plain:
-                plain._pch_ok = False
-                rows["compile cold, plain"].append(build_s(plain, fresh(), False))
-            rows["compile cold, PCH"].append(build_s(ev, src, True))
+            if args.plain:
+                with Evaluator(task, settings) as plain:
+                    plain._pch_ok = False
+                    rows["compile cold, plain"].append(build_s(plain, fresh()))
+            rows["compile cold, PCH"].append(build_s(ev, src))
             with Evaluator(task, settings) as again:  # new evaluator: no in-memory cache, the build dir is reused
                 again._pch_ok = ev._pch_ok
-                rows["compile warm (cached)"].append(build_s(again, src, True))
+                rows["compile warm (cached)"].append(build_s(again, src))
+            work = ev.root / "work" / f"bench-{rep}"
+            t0 = time.monotonic()
+            with ev._session(None, None, work) as s:
+                s.start()
+                rows["session start (ref Model)"].append(time.monotonic() - t0)
+            [b] = ev.build([src])
+            t0 = time.monotonic()
+            with ev._session(src, b, work / "c") as s:
+                s.start()
+                t1 = time.monotonic()
+                check_run(s, ev._trials(), ev._max_reveal_bytes())
+                t2 = time.monotonic()
+            rows["check: session start"].append(t1 - t0)
+            rows["check: calls + reveal"].append(t2 - t1)
             t0 = time.monotonic()
             [r] = ev.check([src])
             rows["check overhead (built)"].append(time.monotonic() - t0)
@@ -75,13 +97,16 @@ def main() -> None:
             t0 = time.monotonic()
             [t] = ev.time([src], [r])
             rows["time overhead (5 calls)"].append(time.monotonic() - t0)
-    print(f"{'measure':<26} {'median s':>9} {'runs':>5}")
-    med = {k: statistics.median(v) for k, v in rows.items()}
+        ct = ev._compiled_time
+        print(f"reference under torch.compile: {ct and round(ct['median_ms'], 4)} ms per call, compile "
+              f"{ct and round(ct['compile_s'], 1)} s (once per evaluator) {ev._compile_note}")
+        print(f"last timed: {t.runtime_ms:.4f} ms, reference {t.reference_runtime_ms:.4f} ms, "
+              f"speedup {t.speedup:.2f}x, vs compile {t.speedup_vs_compile}")
+    print(f"{'measure':<28} {'median s':>9} {'runs':>5}")
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
     for k, v in rows.items():
-        print(f"{k:<26} {med[k]:9.2f} {len(v):5d}")
-    print(f"plain / PCH cold compile: {med['compile cold, plain'] / med['compile cold, PCH']:.2f}x")
-    print(f"PCH cold / warm compile:  {med['compile cold, PCH'] / med['compile warm (cached)']:.2f}x")
-    print(f"check overhead / PCH cold compile: {med['check overhead (built)'] / med['compile cold, PCH']:.2f}")
+        if v:
+            print(f"{k:<28} {med[k]:9.2f} {len(v):5d}")
     print(f"load average at the end: {open('/proc/loadavg').read().split()[:3]} on {os.cpu_count()} cores")
 
 

@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import sys
 import threading
@@ -37,7 +36,8 @@ from kopt.task import Task
 OnResult = Callable[[int, EvalResult], None]
 # Bumped whenever a change could turn an old verdict wrong (checks added, timing changed): cached verdicts
 # are keyed on it, so an upgrade re-evaluates instead of trusting what an older evaluator said.
-VERDICT_VERSION = "4"
+VERDICT_VERSION = "5"
+SESSION_STARTUP_S = 60.0  # a child session's start-up allowance (process, torch import, extension load)
 _KOPT_ROOT = str(Path(__file__).resolve().parent.parent.parent)  # PYTHONPATH for children
 
 
@@ -54,6 +54,7 @@ class EvalSettings:
     min_calls: int = 100  # timing: >= min_calls calls or >= min_time_s, whichever first (§3 "Statistics")
     min_time_s: float = 1.0
     max_rss_mb: int = 16384
+    compile_baseline: bool = True  # also time the reference under torch.compile (speedup_vs_compile)
 
     def key(self) -> str:
         """A stable string of the settings that change verdicts (everything but `jobs`)."""
@@ -76,15 +77,24 @@ class BuildResult:
     warnings: tuple[str, ...] = ()
 
 
-def resolve_target(target: str) -> str:
-    """ "auto" -> "cuda" if torch sees a GPU, else "cpu"."""
+def resolve_target(target: str, *, compile_only: bool = False) -> str:
+    """ "auto" -> "cuda" if torch sees a GPU, else "cpu". "cuda" on a machine without a CUDA device is a
+    ConfigError unless only compiling (Evaluator.build): checking or timing there cannot mean anything."""
     if target == "auto":
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     if target not in ("cpu", "cuda"):
         raise ConfigError(f"unknown target {target!r}", "use --target auto, cuda or cpu")
+    if target == "cuda" and not compile_only and not _cuda_device():
+        raise ConfigError("no CUDA device here", "use --target cpu")
     return target
+
+
+def _cuda_device() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def machine_fingerprint(target: str) -> dict[str, str]:
@@ -96,7 +106,7 @@ def machine_fingerprint(target: str) -> dict[str, str]:
     from kopt.evaluator.sandbox import detect_isolation
     from kopt.evaluator.targets import get_target
 
-    target = resolve_target(target)
+    target = resolve_target(target, compile_only=True)
     t = get_target(target)
     return {
         "evaluator": VERDICT_VERSION,
@@ -108,10 +118,8 @@ def machine_fingerprint(target: str) -> dict[str, str]:
 
 
 def _static_check(source: str, target: str):
-    try:  # the static gate is another engineer's module; run without it until it lands
-        from kopt.evaluator.static import check_source
-    except ImportError:
-        return None
+    from kopt.evaluator.static import check_source  # never skipped: a missing gate is an error, not a pass
+
     return check_source(source, target)
 
 
@@ -135,7 +143,7 @@ class Evaluator:
         from kopt.evaluator.sandbox import detect_isolation
         from kopt.evaluator.targets import get_target
 
-        target = resolve_target(settings.target)
+        target = resolve_target(settings.target, compile_only=True)  # build() works without a device
         if settings.trials < 5:
             raise ConfigError(f"trials={settings.trials} is too few", "use at least 5 correctness trials")
         self.task = task
@@ -156,6 +164,10 @@ class Evaluator:
         self._ref_tags: list[str] = []
         self._ref_warnings: list[str] = []
         self._ref_time: dict | None = None
+        self._ref_check_s = 0.0
+        self._ref_oracle: list = []
+        self._compiled_time: dict | None = None
+        self._compile_note = ""
         self._built: dict[str, BuildResult] = {}
         self._pch_ok: bool | None = None
         self._closed = False
@@ -164,6 +176,7 @@ class Evaluator:
 
     def check(self, sources: Sequence[str], on_result: OnResult | None = None) -> list[EvalResult]:
         """Static gate -> compile (parallel, settings.jobs) -> correctness (fresh process each). No timing."""
+        self._require_device()
         n = len(sources)
         results: list[EvalResult | None] = [None] * n
         counts = {"compile": 0, "check": 0}
@@ -203,34 +216,6 @@ class Evaluator:
                 raise
         return [r for r in results if r is not None]
 
-    def time(self, sources: Sequence[str], results: Sequence[EvalResult],
-             on_result: OnResult | None = None) -> list[EvalResult]:
-        """Time the given correct candidates one at a time, nothing else running; others pass through."""
-        if len(sources) != len(results):
-            raise ValueError("time() needs one result per source")
-        self._ensure_reference()
-        out = list(results)
-        todo = [i for i, r in enumerate(results) if r.correct]
-        self.progress("time", 0, len(todo))
-        if todo:
-            self._warm_pch()
-            before = self._time_reference()
-        for done, i in enumerate(todo, 1):
-            timed = self._time_one(sources[i], results[i], before)
-            # A/B/A: the reference is timed again right after each candidate, and the candidate's speedup is
-            # against the mean of the two reference rounds around it, so load that comes and goes on the
-            # machine (another job, thermal state) cannot favour one side (docs/evaluator.md §3 "Baseline").
-            after = self._time_reference(fresh=True)
-            if timed.runtime_ms:
-                ref_ms = (before["median_ms"] + after["median_ms"]) / 2
-                timed = timed.replace(reference_runtime_ms=ref_ms, speedup=ref_ms / timed.runtime_ms)
-            before = after
-            out[i] = timed
-            self.progress("time", done, len(todo))
-            if on_result:
-                on_result(i, out[i])
-        return out
-
     def evaluate(self, sources: Sequence[str], on_result: OnResult | None = None) -> list[EvalResult]:
         """check, then time every correct one. on_result fires once per candidate with its final verdict."""
         checked = self.check(sources, on_result=lambda i, r: on_result(i, r) if on_result and not r.correct else None)
@@ -240,6 +225,16 @@ class Evaluator:
                 if checked[i].correct:
                     on_result(i, r)
         return timed
+
+    def prepare(self) -> None:
+        """Run the reference first (cheap): a task whose reference fails raises TaskError with the real cause
+        before any candidate is compiled."""
+        self._require_device()
+        self._ensure_reference()
+
+    def _require_device(self) -> None:
+        if self.settings.target == "cuda" and not _cuda_device():
+            raise ConfigError("no CUDA device here", "use --target cpu")
 
     def build(self, sources: Sequence[str]) -> list[BuildResult]:
         """The static gate and compile stage alone (e.g. CUDA candidates on a machine without a GPU)."""
@@ -331,27 +326,6 @@ class Evaluator:
 
     # ---- reference ----------------------------------------------------------------------------------
 
-    def _perturbed_source(self) -> tuple[str, str] | None:
-        """The task with an odd batch_size (hack #14), when its file has a module-level int `batch_size`."""
-        import ast
-
-        from kopt.task import _apply_sets
-
-        try:
-            tree = ast.parse(self.task.source)
-        except SyntaxError:
-            return None
-        for node in tree.body:
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                    and node.targets[0].id == "batch_size" and isinstance(node.value, ast.Constant)
-                    and isinstance(node.value.value, int) and not isinstance(node.value.value, bool)):
-                b = node.value.value
-                new = max(1, b // 2 + 1)
-                if new == b:
-                    return None
-                return _apply_sets(self.task.source, {"batch_size": new}, Path(self.task.path)), f"batch_size={new}"
-        return None
-
     def _ensure_reference(self) -> None:
         with self._ref_lock:
             if self._ref_outputs is None:
@@ -364,11 +338,6 @@ class Evaluator:
         spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
                 "trials": self.settings.trials, "threads": self.settings.resolved_threads(),
                 "target": self.settings.target, "device": self._device()}
-        perturbed = self._perturbed_source()
-        if perturbed:
-            (self.task_dir / "task_perturbed.py").write_text(perturbed[0])
-            spec["perturbed_task"] = str(self.task_dir / "task_perturbed.py")
-            spec["perturbed_note"] = perturbed[1]
         self.ref_dir.mkdir(parents=True, exist_ok=True)
         res, result = self._spawn("kopt.evaluator.reference", "build", spec, self.ref_dir,
                                   max(self.settings.run_timeout_s, 60.0) * 2, readable=[self.task_dir])
@@ -378,7 +347,8 @@ class Evaluator:
                 why = (result or {}).get("error") or res.describe()
                 raise TaskError(f"running the reference {self.task.target} failed: {why}",
                                 "run `kopt init` on it or shrink it with --set NAME=VALUE")
-            outputs = torch.load(ref_file, weights_only=True)["outputs"]
+            loaded = torch.load(ref_file, weights_only=True)  # the trusted reference child's file
+            outputs, oracle = loaded["outputs"], loaded.get("oracle") or []
             inputs = torch.load(self.ref_dir / "inputs.pt", weights_only=True)["trials"]
         finally:
             # Reference outputs live only in kopt's memory: never on disk while a candidate runs (hack #17).
@@ -386,57 +356,12 @@ class Evaluator:
                 ref_file.unlink()
         with self._lock:
             self._ref_outputs, self._ref_inputs = outputs, inputs
+            # The float64 oracle rule holds only at kopt's own tolerances (a user who loosened them chose).
+            loosened = self.settings.atol is not None or self.settings.rtol is not None
+            self._ref_oracle = [None if loosened else o for o in oracle] + [None] * (len(outputs) - len(oracle))
             self._ref_tags = list(result.get("tags", []))
+            self._ref_check_s = float(result.get("check_s", 0.0))
             self._ref_warnings = list(result.get("warnings", []))
-
-    def _time_trials(self) -> list[int]:
-        # Same-shape trials only (all but the perturbed one): >= 3 distinct input sets to rotate (§3).
-        return [i for i, tag in enumerate(self._ref_tags) if not tag.startswith("perturbed")][: self.settings.trials]
-
-    def _time_reference(self, fresh: bool = False) -> dict:
-        if self._ref_time is not None and not fresh:
-            return self._ref_time
-        from kopt.evaluator.targets import median_iqr
-
-        nonce = secrets.token_hex(8)
-        spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
-                "inputs": str(self.ref_dir / "inputs.pt"), "time_trials": self._time_trials(),
-                "threads": self.settings.resolved_threads(), "target": self.settings.target,
-                "min_calls": self.settings.min_calls, "min_time_s": self.settings.min_time_s, "nonce": nonce,
-                "device": self._device()}
-        work = self.root / "reference-time"
-        res, result = self._spawn("kopt.evaluator.reference", "time", spec, work, self.settings.run_timeout_s,
-                                  readable=[self.task_dir, self.ref_dir])
-        shutil.rmtree(work, ignore_errors=True)
-        if not result or not result.get("ok"):
-            why = (result or {}).get("error") or res.describe()
-            raise TaskError(f"timing the reference {self.task.target} failed: {why}",
-                            "raise --timeout or shrink the task with --set NAME=VALUE")
-        med, iqr = median_iqr(result["times_ms"])
-        self._ref_time = {"median_ms": med, "iqr_ms": iqr}
-        return self._ref_time
-
-    def _recheck_reference(self, calls: list[int], nonce: str) -> dict[int, list]:
-        """The reference's outputs on timed calls `calls` of the timing run keyed by `nonce`: the trusted
-        reference child regenerates their inputs (targets.call_inputs); the outputs live only in kopt's memory."""
-        import torch
-
-        spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
-                "inputs": str(self.ref_dir / "inputs.pt"), "time_trials": self._time_trials(), "calls": calls,
-                "nonce": nonce, "threads": self.settings.resolved_threads(), "target": self.settings.target,
-                "device": self._device()}
-        work = self.root / "work" / f"recheck-{uuid.uuid4().hex[:8]}"
-        try:
-            res, result = self._spawn("kopt.evaluator.reference", "recheck", spec, work, self.settings.run_timeout_s,
-                                      readable=[self.task_dir, self.ref_dir])
-            if not result or not result.get("ok"):
-                why = (result or {}).get("error") or res.describe()
-                raise TaskError(f"re-checking timed calls with the reference {self.task.target} failed: {why}",
-                                "raise --timeout or shrink the task with --set NAME=VALUE")
-            outputs = torch.load(work / "recheck.pt", weights_only=True)["outputs"]
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return dict(zip(calls, outputs))
 
     # ---- compile ------------------------------------------------------------------------------------
 
@@ -447,12 +372,11 @@ class Evaluator:
                 return self._built[key]
         warnings: list[str] = []
         report = _static_check(source, self.settings.target)
-        if report is not None:
-            warnings += list(report.warnings)
-            if not report.ok:
-                failure = self._base(source, status=Status.REJECTED, reason="; ".join(report.rejections)[:600],
-                                     warnings=tuple(warnings))
-                return BuildResult(failure=failure, warnings=tuple(warnings))
+        warnings += list(report.warnings)
+        if not report.ok:
+            failure = self._base(source, status=Status.REJECTED, reason="; ".join(report.rejections)[:600],
+                                 warnings=tuple(warnings))
+            return BuildResult(failure=failure, warnings=tuple(warnings))
         build_root = self.build_dir
         work = self.root / "work" / f"{key[:16]}-compile-{uuid.uuid4().hex[:6]}"
         work.mkdir(parents=True, exist_ok=True)
@@ -520,152 +444,340 @@ class Evaluator:
             return build.extensions[0][2]
         return _sha("".join(sorted(e[2] for e in build.extensions)))
 
+    # ---- child sessions (kopt_child.harness over session.py) ----------------------------------------
+
+    def _trials(self):
+        from kopt.evaluator.calls import Trial
+
+        return [Trial(model=i, inputs=list(t["inputs"]), outputs=self._ref_outputs[i],
+                      tag=self._ref_tags[i] if i < len(self._ref_tags) else "")
+                for i, t in enumerate(self._ref_inputs)]
+
+    def _model_specs(self) -> tuple:
+        from kopt.evaluator.session import ModelSpec
+
+        specs = []
+        for t in self._ref_inputs:
+            init = t["init"]
+            args, kwargs = ((), dict(init)) if isinstance(init, dict) else (tuple(init), {})
+            specs.append(ModelSpec(args=args, kwargs=kwargs, seed=int(t["seed"]),
+                                   state=tuple(sorted(t.get("state_dict", {}).items()))))
+        return tuple(specs)
+
+    def _max_reveal_bytes(self) -> int:
+        """What one revealed call may carry: 4x the largest reference call's outputs and inputs, + 1 MiB."""
+        from kopt.evaluator.session import tensor_bytes
+
+        big = 0
+        for t, outs in zip(self._ref_inputs, self._ref_outputs):
+            n = sum(len(tensor_bytes(x)) for x in list(t["inputs"]) + list(outs) if hasattr(x, "dtype"))
+            big = max(big, n)
+        return 4 * big + (1 << 20)
+
+    def _run_timeout(self, timing: bool = False) -> float:
+        """A session's budget from the reference's own measured check time, with a floor (never a flat 120 s):
+        start-up (process + torch import) + max(10 s, 50 x the reference's check calls) (+ the timing loop),
+        capped by --timeout."""
+        work = max(10.0, 50.0 * self._ref_check_s)
+        if timing:
+            work += 4 * self.settings.min_time_s + 0.2 * max(self.settings.min_calls, 20) + 50.0 * self._ref_check_s
+        return min(self.settings.run_timeout_s, SESSION_STARTUP_S + work) if not timing else SESSION_STARTUP_S + work
+
+    def _session(self, source: str | None, build: BuildResult | None, work: Path, timing: bool = False,
+                 compiled: bool = False):
+        """One child session: the candidate's ModelNew (source) or the trusted reference's Model (None). Check
+        and time sessions of a candidate get the same argv, environment and init message."""
+        from kopt.evaluator.session import Session, SessionFailure, SessionSpec
+
+        work.mkdir(parents=True, exist_ok=True)
+        readable: list[Path] = []
+        if source is None:
+            module, cls, what = str(self.task_dir / "task.py"), "Model", f"the reference {self.task.target}"
+            readable.append(self.task_dir)
+            if self.task.search_path and Path(self.task.search_path).is_dir():
+                readable.append(Path(self.task.search_path))
+            table: tuple = ()
+        else:
+            (work / "candidate.py").write_text(source)
+            module, cls, what = str(work / "candidate.py"), "ModelNew", "the candidate"
+            # Each .so is copied into the session's own dir and its copy re-hashed here: the child sees no
+            # build store at all, and only kopt's harness runs in it before the copies are loaded.
+            (work / "ext").mkdir(exist_ok=True)
+            rows = []
+            for n, so, digest in build.extensions:
+                copy = work / "ext" / f"{n}.so"
+                shutil.copyfile(so, copy)
+                if hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
+                    raise SessionFailure(Status.REJECTED, "the compiled extension changed since it was built")
+                rows.append({"key": n, "name": n, "so": str(copy)})
+            table = tuple(rows)
+        spec = SessionSpec(module=module, cls=cls, models=self._model_specs(), extensions=table,
+                           threads=self.settings.resolved_threads(), device=self._device(),
+                           search_path=self.task.search_path if source is None else None, what=what,
+                           compile=compiled)
+        env = {"OMP_NUM_THREADS": str(self.settings.resolved_threads())}
+        env.update(self.target.build_env())
+        writable: list[Path] = []
+        timeout = self._run_timeout(timing)
+        if compiled:  # trusted reference only: Inductor needs the compiler and its own cache, never a candidate's
+            cache = self.build_dir.parent / (self.build_dir.name + "-inductor")
+            cache.mkdir(parents=True, exist_ok=True)
+            writable.append(cache)
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+            timeout += self.settings.compile_timeout_s
+        return Session(spec, work=work, readable=readable, timeout_s=timeout, writable=writable, toolchain=compiled,
+                       max_rss_mb=self.settings.max_rss_mb, env=env, gpu=self.settings.target == "cuda",
+                       cpu_budget_s=self._run_timeout(True) + (self.settings.compile_timeout_s if compiled else 0))
+
+    def _time_compiled_reference(self, eager: dict) -> dict | None:
+        """The reference under torch.compile (default mode), timed once per evaluator like eager; its compile
+        time (the first call) is reported apart and never inside a timed call. None (with a note, once) when it
+        does not compile here."""
+        from kopt.evaluator.calls import per_call_ms, timed_run
+        from kopt.evaluator.session import SessionFailure
+        from kopt.evaluator.targets import median_iqr
+
+        if not self.settings.compile_baseline:
+            return None
+        if self._compiled_time is not None or self._compile_note:
+            return self._compiled_time
+        work = self.root / "work" / f"reference-compile-{uuid.uuid4().hex[:6]}"
+        try:
+            with self._session(None, None, work, timing=True, compiled=True) as s:
+                s.start()
+                run = timed_run(s, self._trials(), self._timed_trials(), min_calls=self.settings.min_calls,
+                                min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes(), reveal=False)
+        except SessionFailure as f:
+            self._compile_note = f"torch.compile baseline: the reference did not compile here ({f.reason}); eager only"
+            return None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        med, iqr = median_iqr(per_call_ms(run, eager["overhead_ns"]))
+        self._compiled_time = {"median_ms": med, "iqr_ms": iqr, "compile_s": run.warmup[0].interval_ns / 1e9}
+        return self._compiled_time
+
+    def _verify(self, build: BuildResult) -> str | None:
+        """Re-hash every .so before a session (hashes a child reports are never used)."""
+        for _name, so, digest in build.extensions:
+            try:
+                h = hashlib.sha256(Path(so).read_bytes()).hexdigest()
+            except OSError:
+                return "the compiled extension is gone from the build store"
+            if h != digest:
+                return "the compiled extension changed since it was built (.so hash differs)"
+        return None
+
     # ---- correctness --------------------------------------------------------------------------------
 
-    def _run_spec(self, source: str, build: BuildResult, work: Path) -> dict:
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "candidate.py").write_text(source)
-        return {"candidate": str(work / "candidate.py"), "target": self.settings.target,
-                "build_root": str(self.build_dir),
-                "extensions": [{"name": n, "so": so, "sha256": h} for n, so, h in build.extensions],
-                "inputs": str(self.ref_dir / "inputs.pt"), "threads": self.settings.resolved_threads(),
-                "device": self._device()}
-
     def _check_one(self, i: int, source: str, build: BuildResult) -> EvalResult:
-        import torch
+        from kopt.evaluator.calls import check_run
+        from kopt.evaluator.session import SessionFailure
 
         base = dict(binary_sha256=self._binary_sha(build), compile_s=build.compile_s,
                     warnings=tuple(build.warnings) + tuple(self._ref_warnings), trials_total=len(self._ref_outputs))
+        why = self._verify(build)
+        if why:
+            return self._base(source, status=Status.REJECTED, reason=why, **base)
         work = self.root / "work" / f"{i}-{_sha(source)[:12]}-check-{uuid.uuid4().hex[:6]}"
-        spec = self._run_spec(source, build, work)
-        build_root = Path(spec["build_root"])
-        res, result = self._spawn("kopt.evaluator.worker", "check", spec, work, self.settings.run_timeout_s,
-                                  readable=[build_root, self.ref_dir])
         try:
-            if not result or not result.get("ok"):
-                status, reason = self._failure(res, result)
-                return self._base(source, status=status, reason=reason, **base)
             try:
-                payload = torch.load(work / "payload.pt", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - a tensor subclass or forged pickle does not load safely
-                return self._base(source, status=Status.REJECTED, **base,
-                                  reason=f"its outputs do not load as plain tensors ({type(e).__name__})")
-            status, reason, passed, notes = self._judge_check(result, payload, build)
+                with self._session(source, build, work) as s:
+                    s.start()
+                    revealed = check_run(s, self._trials(), self._max_reveal_bytes())
+            except SessionFailure as f:
+                return self._base(source, status=f.status, reason=f.reason, **base)
+            except Exception as e:  # noqa: BLE001 - one candidate never ends a batch
+                return self._base(source, status=Status.CRASHED, **base,
+                                  reason=f"kopt could not finish the check session ({type(e).__name__})")
+            status, reason, passed, notes = self._judge_check(revealed)
             base["warnings"] = base["warnings"] + tuple(notes)
             return self._base(source, status=status, reason=reason, trials_passed=passed, **base)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _judge_check(self, result: dict, payload: dict, build: BuildResult) -> tuple[Status, str, int, list[str]]:
+    def _judge_call(self, r, refs, label: str, oracle=None) -> tuple[Status, str] | None:
+        """One revealed call: the extension ran, outputs match `refs` (and the float64 `oracle` when there
+        is one), no alias, inputs unchanged."""
         from kopt.evaluator import judge
 
-        seen = {e.get("sha256") for e in result.get("extensions", [])}
-        if seen != {e[2] for e in build.extensions}:
-            return Status.REJECTED, "the checked extension is not the one that was compiled (.so hash differs)", 0, []
+        if r.record.ext_calls == 0:
+            return (Status.REJECTED, f"{label}: forward never called its compiled extension "
+                    "(the work is done by torch, not the kernel)")
+        why = judge.compare_all(r.outs, refs, self.settings.atol, self.settings.rtol, oracle=oracle)
+        if why:
+            return Status.INCORRECT, f"{label}: {why}"
+        if r.record.alias:
+            return Status.INCORRECT, f"{label}: an output aliases an input tensor"
+        sent = [x for x in r.inputs if hasattr(x, "dtype")]
+        why = judge.same_inputs(r.after, sent)
+        if why:
+            return Status.INCORRECT, f"{label}: {why}"
+        return None
+
+    def _oracle(self, trial: int):
+        return self._ref_oracle[trial] if trial < len(self._ref_oracle) else None
+
+    def _judge_check(self, revealed) -> tuple[Status, str, int, list[str]]:
+        from kopt.evaluator import judge
+
         notes: list[str] = []
-        refs, sent = self._ref_outputs, self._ref_inputs
-        trials, metas = payload.get("trials", []), result.get("trials", [])
-        if len(trials) != len(refs) or len(metas) != len(refs):
-            return Status.CRASHED, "the check process reported an incomplete result", 0, []
-        passed = 0
-        for t, (trial, meta) in enumerate(zip(trials, metas)):
-            tag = self._ref_tags[t] if t < len(self._ref_tags) else ""
-            label = f"trial {t} ({tag})" if tag else f"trial {t}"
-            for r, (outs, m, calls) in enumerate(zip(trial["runs"], meta["meta"], meta["calls"])):
-                if m.get("bad_type"):
-                    return Status.REJECTED, f"{label}: {m['bad_type']} (lazy or subclassed outputs)", passed, notes
-                if calls == 0:
-                    return (Status.REJECTED, f"{label}: forward never called its compiled extension "
-                            "(the work is done by torch, not the kernel)", passed, notes)
-                why = judge.compare_all(outs, refs[t], self.settings.atol, self.settings.rtol)
-                if why:
-                    run = " (second pass, the same buffers refilled)" if r else ""
-                    return Status.INCORRECT, f"{label}{run}: {why}", passed, notes
-                if m.get("aliases_input"):
-                    return Status.INCORRECT, f"{label}: an output aliases an input tensor", passed, notes
-            why = judge.same_inputs(trial["inputs_after"], sent[t]["inputs"])
-            if why:
-                return Status.INCORRECT, f"{label}: {why}", passed, notes
-            if not judge.bitwise_equal(trial["runs"][0], trial["runs"][1]) and "nondeterministic" not in " ".join(notes):
+        refs = self._ref_outputs
+        first: dict[int, list] = {}
+        passed: set[int] = set()
+        for r in revealed:
+            tag = self._ref_tags[r.trial] if r.trial < len(self._ref_tags) else ""
+            label = f"trial {r.trial} ({tag})" if tag else f"trial {r.trial}"
+            if r.kind == "ghost":
+                if judge.compare_all(r.outs, refs[r.trial], self.settings.atol, self.settings.rtol) is None:
+                    return (Status.REJECTED, "decoy: the output stays correct when the extension's results are "
+                            "replaced by NaN, so torch does the work", len(passed), notes)
+                continue
+            if r.pass_no:
+                label += " (second pass, the same buffers refilled)"
+            bad = self._judge_call(r, refs[r.trial], label, self._oracle(r.trial))
+            if bad:
+                return bad[0], bad[1], len(passed), notes
+            if r.pass_no == 0:
+                first[r.trial] = r.outs
+            elif not judge.bitwise_equal(first.get(r.trial), r.outs) and not notes:
                 notes.append("nondeterministic: two runs on the same input differ bitwise (both pass)")
-            if trial.get("ghost") is not None and judge.compare_all(trial["ghost"], refs[t], self.settings.atol,
-                                                                     self.settings.rtol) is None:
-                return (Status.REJECTED, "decoy: the output stays correct when the extension's results are "
-                        "replaced by NaN, so torch does the work", passed, notes)
-            passed += 1
-        return Status.CORRECT, "", passed, notes
+            if r.pass_no:
+                passed.add(r.trial)
+        ops = max((r.record.lib_ops for r in revealed if r.kind == "check"), default=0)
+        if ops:
+            notes.append(f"library compute: forward ran {ops} torch op(s) per call besides its extension")
+        return Status.CORRECT, "", len(passed), notes
 
     # ---- timing -------------------------------------------------------------------------------------
 
-    def _time_one(self, source: str, result: EvalResult, ref: dict) -> EvalResult:
-        import torch
+    def _timed_trials(self) -> list[int]:
+        # Same-shape trials only (all but the perturbed one): >= 3 distinct input sets to rotate.
+        return [i for i, tag in enumerate(self._ref_tags) if not tag.startswith("shape variant")][: self.settings.trials]
 
-        from kopt.evaluator import judge
+    def _time_reference(self, fresh: bool = False, extra: Sequence = ()) -> dict:
+        """The trusted reference timed through the same harness and protocol as every candidate; `extra`
+        (trial, inputs) calls run after its timed loop give the expected outputs of a candidate's revealed
+        calls, computed on exactly those inputs."""
+        from kopt.evaluator.calls import cores_used, overhead_ns, per_call_ms, timed_run
+        from kopt.evaluator.session import SessionFailure
         from kopt.evaluator.targets import median_iqr
+
+        if self._ref_time is not None and not fresh and not extra:
+            return self._ref_time
+        work = self.root / "work" / f"reference-time-{uuid.uuid4().hex[:6]}"
+        try:
+            with self._session(None, None, work, timing=True) as s:
+                s.start()
+                run = timed_run(s, self._trials(), self._timed_trials(), min_calls=self.settings.min_calls,
+                                min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes(),
+                                extra=list(extra), reveal=False)
+        except SessionFailure as f:
+            raise TaskError(f"timing the reference {self.task.target} failed: {f.reason}",
+                            "raise --timeout or shrink the task with --set NAME=VALUE") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        overhead = overhead_ns(run)
+        med, iqr = median_iqr(per_call_ms(run, overhead))
+        self._ref_time = {"median_ms": med, "iqr_ms": iqr, "overhead_ns": overhead, "cores": cores_used(run),
+                          "extra": {r.call: r.outs for r in run.extra}, "extra_order": [r.outs for r in run.extra]}
+        return self._ref_time
+
+    def time(self, sources: Sequence[str], results: Sequence[EvalResult],
+             on_result: OnResult | None = None) -> list[EvalResult]:
+        """Time the given correct candidates one at a time, nothing else running; others pass through.
+
+        A/B/A: the reference is timed again right after each candidate (the same run computes the expected
+        outputs of the candidate's revealed calls), and the speedup is against the mean of the two reference
+        rounds around it, so load that comes and goes on the machine cannot favour one side."""
+        if len(sources) != len(results):
+            raise ValueError("time() needs one result per source")
+        self._require_device()
+        self._ensure_reference()
+        out = list(results)
+        todo = [i for i, r in enumerate(results) if r.correct]
+        self.progress("time", 0, len(todo))
+        if todo:
+            before = self._time_reference()
+            compiled = self._time_compiled_reference(before)
+        for done, i in enumerate(todo, 1):
+            run, failed = self._time_candidate(sources[i], results[i], before)
+            extra = [(r.trial, r.inputs) for r in run.revealed if r.kind == "timed"] if run else []
+            after = self._time_reference(fresh=True, extra=extra)
+            timed = failed or self._judge_timed(results[i], run, before, after)
+            if timed.runtime_ms and compiled:
+                timed = timed.replace(compile_reference_runtime_ms=compiled["median_ms"],
+                                      speedup_vs_compile=compiled["median_ms"] / timed.runtime_ms)
+            elif timed.runtime_ms and self._compile_note:
+                timed = timed.replace(warnings=tuple(timed.warnings) + (self._compile_note,))
+            before = after
+            out[i] = timed
+            self.progress("time", done, len(todo))
+            if on_result:
+                on_result(i, out[i])
+        return out
+
+    def _time_candidate(self, source: str, result: EvalResult, ref: dict):
+        """(the timed run, None) or (None, the verdict when the session failed)."""
+        from kopt.evaluator.calls import timed_run
+        from kopt.evaluator.session import SessionFailure
 
         build = self._build(source)
         if build.failure is not None:
-            return build.failure
-        nonce = secrets.token_hex(8)
+            return None, build.failure
+        why = self._verify(build)
+        if why:
+            return None, result.replace(status=Status.REJECTED, reason=f"timing: {why}")
         work = self.root / "work" / f"{_sha(source)[:12]}-time-{uuid.uuid4().hex[:6]}"
-        spec = self._run_spec(source, build, work)
-        spec.update(time_trials=self._time_trials(), min_calls=self.settings.min_calls,
-                    min_time_s=self.settings.min_time_s, nonce=nonce)
-        res, out = self._spawn("kopt.evaluator.worker", "time", spec, work, self.settings.run_timeout_s,
-                               readable=[Path(spec["build_root"]), self.ref_dir])
         try:
-            if not out or not out.get("ok"):
-                status, reason = self._failure(res, out)
-                return result.replace(status=status, reason=f"timing: {reason}")
-            if out.get("tampered"):
-                return result.replace(status=Status.REJECTED, reason="timer tampering: " + "; ".join(out["tampered"]))
-            seen = {e.get("sha256") for e in out.get("extensions", [])}
-            if seen != {e[2] for e in build.extensions}:
-                return result.replace(status=Status.REJECTED, reason="the timed extension is not the one checked")
-            times = [float(x) for x in out.get("times_ms", [])]
-            if not times:
-                return result.replace(status=Status.CRASHED, reason="the timing process reported no calls")
-            why = self._timer_cross_check(times, float(out.get("phase_ms", 0.0)), res.marks, nonce)
-            if why:
-                return result.replace(status=Status.REJECTED, reason=f"timer tampering: {why}")
-            try:
-                payload = torch.load(work / "payload.pt", weights_only=True)
-            except Exception as e:  # noqa: BLE001
-                return result.replace(status=Status.REJECTED, reason=f"timed outputs do not load as plain tensors ({type(e).__name__})")
-            kept = payload.get("kept", [])
-            try:
-                calls = [int(k["call"]) for k in kept]
-            except (KeyError, TypeError, ValueError):
-                calls = []
-            if not calls or len(set(calls)) != len(calls) or not all(0 <= c < len(times) for c in calls):
-                return result.replace(status=Status.REJECTED, reason="timing: the re-check sample is malformed")
-            refs = self._recheck_reference(calls, nonce)
-            for call, entry in zip(calls, kept):
-                why = judge.compare_all(entry.get("outputs"), refs[call], self.settings.atol, self.settings.rtol)
-                if why:
-                    return result.replace(status=Status.INCORRECT,
-                                          reason=f"timed call {call} (re-checked after timing): {why}")
-            med, iqr = median_iqr(times)
-            speedup = ref["median_ms"] / med if med > 0 else None
-            return result.replace(runtime_ms=med, runtime_iqr_ms=iqr, reference_runtime_ms=ref["median_ms"],
-                                  speedup=speedup, timed_calls=len(times))
+            with self._session(source, build, work, timing=True) as s:
+                s.start()
+                run = timed_run(s, self._trials(), self._timed_trials(), min_calls=self.settings.min_calls,
+                                min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes())
+            return run, None
+        except SessionFailure as f:
+            return None, result.replace(status=f.status, reason=f"timing: {f.reason}")
+        except Exception as e:  # noqa: BLE001 - one candidate never ends a batch
+            return None, result.replace(status=Status.CRASHED,
+                                        reason=f"timing: kopt could not finish the session ({type(e).__name__})")
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    @staticmethod
-    def _timer_cross_check(times: list[float], phase_ms: float, marks, nonce: str) -> str | None:
-        """Hack #8: the candidate's process reports its times; kopt's own clock brackets the phase (KOPT-MARK
-        lines stamped on arrival). The reported phase must match kopt's window, and the calls fit in it."""
-        starts = [t for t, line in marks if line == f"KOPT-MARK {nonce} start"]
-        ends = [t for t, line in marks if line == f"KOPT-MARK {nonce} end"]
-        if not starts or not ends:
-            return "the timing phase markers are missing"
-        window_ms = (ends[0] - starts[0]) * 1e3
-        if sum(times) > phase_ms * 1.01 + 1.0:
-            return f"the calls add up to {sum(times):.1f} ms, more than the {phase_ms:.1f} ms phase they ran in"
-        if phase_ms < 0.5 * window_ms - 50.0:
-            return f"the reported phase is {phase_ms:.1f} ms but kopt's clock saw {window_ms:.1f} ms"
-        return None
+    def _judge_timed(self, result: EvalResult, run, before: dict, after: dict) -> EvalResult:
+        from kopt.evaluator.calls import clock_disagrees, cores_used, per_call_ms
+        from kopt.evaluator.targets import median_iqr
+
+        timed = [r for r in run.revealed if r.kind == "timed"]
+        expected = after["extra_order"]
+        if len(expected) != len(timed):
+            return result.replace(status=Status.CRASHED, reason="timing: the reference did not re-run the revealed calls")
+        for r in run.revealed:
+            if r.kind != "check":
+                continue
+            tag = self._ref_tags[r.trial] if r.trial < len(self._ref_tags) else ""
+            bad = self._judge_call(r, self._ref_outputs[r.trial], f"check call on trial {r.trial} ({tag}) during timing",
+                                   self._oracle(r.trial))
+            if bad:
+                return result.replace(status=bad[0], reason=bad[1])
+        for r, refs in zip(timed, expected):
+            bad = self._judge_call(r, refs, f"timed call {r.call} (revealed after timing)")
+            if bad:
+                return result.replace(status=bad[0], reason=bad[1])
+        if not run.calls:
+            return result.replace(status=Status.CRASHED, reason="timing: no timed calls")
+        overhead = before["overhead_ns"]
+        why = clock_disagrees(run, overhead)
+        if why:
+            return result.replace(status=Status.REJECTED, reason=why)
+        threads = self.settings.resolved_threads()
+        cores, ref_cores = cores_used(run), max(before["cores"], after["cores"])
+        if cores > max(threads, ref_cores) * 1.5 + 0.5:
+            return result.replace(status=Status.REJECTED, reason=(
+                f"timing: the candidate's process used {cores:.1f} cores during timing with --threads {threads} "
+                f"(the reference used {ref_cores:.1f}); its CPU time is read by kopt"))
+        med, iqr = median_iqr(per_call_ms(run, overhead))
+        ref_ms = (before["median_ms"] + after["median_ms"]) / 2
+        return result.replace(runtime_ms=med, runtime_iqr_ms=iqr, reference_runtime_ms=ref_ms,
+                              speedup=ref_ms / med if med > 0 else None, timed_calls=len(run.calls))
 
 
 __all__ = ["BuildResult", "EvalSettings", "Evaluator", "resolve_target"]

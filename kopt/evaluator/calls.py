@@ -52,6 +52,7 @@ class Revealed:
 @dataclass
 class TimedRun:
     calls: list[Call] = field(default_factory=list)  # the timed calls (warm-up excluded)
+    warmup: list[Call] = field(default_factory=list)  # the first one holds torch.compile's compile, if any
     revealed: list[Revealed] = field(default_factory=list)
     cpu_ns: int = 0
     wall_ns: int = 0
@@ -124,7 +125,7 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
     t0, n = clock(), 0
     while n < 3 or clock() - t0 < WARMUP_NS:  # warm up by time, not count, on fresh draws
         t = timed[n % len(timed)]
-        one(t, redraw(trials[t].inputs, rng))
+        run.warmup.append(one(t, redraw(trials[t].inputs, rng)))
         n += 1
     checks = list(range(len(trials)))
     target = max(min_calls, MIN_REVEAL + 4)

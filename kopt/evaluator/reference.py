@@ -61,7 +61,11 @@ def _run(module, seed: int, redraw: bool, torch, device: str = "cpu") -> dict:
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     outs = [o.detach().cpu().clone() for o in outs]
     init_s = init if isinstance(init, dict) else list(init)
-    return {"seed": seed, "inputs": sent, "init": init_s, "state_dict": state, "outputs": outs}
+    from kopt.evaluator.oracle import run_oracle
+
+    oracle = run_oracle(model, args, device=device)  # the same model and inputs, in float64
+    return {"seed": seed, "inputs": sent, "init": init_s, "state_dict": state, "outputs": outs,
+            "oracle": list(oracle.outputs) if not oracle.error else None, "oracle_error": oracle.error}
 
 
 def _finite(outs, torch) -> bool:
@@ -75,6 +79,7 @@ def build(spec: dict, torch) -> dict:
     warnings: list[str] = []
     dev = spec.get("device", "cpu")
     n = int(spec["trials"])
+    t_start = time.perf_counter()
     seeds = [BASE_SEED + SEED_STRIDE * k for k in range(n)]
     trials = [dict(_run(module, seeds[0], False, torch, dev), tag="task inputs")]
     redraw = True
@@ -88,17 +93,33 @@ def build(spec: dict, torch) -> dict:
             trials.append(dict(probe, tag="N(0,1) inputs"))
     for seed in seeds[len(trials):]:
         trials.append(dict(_run(module, seed, redraw, torch, dev), tag="N(0,1) inputs" if redraw else "task inputs"))
-    if spec.get("perturbed_task"):
-        try:
-            pmod = _load(spec["perturbed_task"], "kopt_task_perturbed")
-            trial = _run(pmod, BASE_SEED + SEED_STRIDE * n, redraw, torch, dev)
-            trials.append(dict(trial, tag=f"perturbed shape ({spec.get('perturbed_note', '')})"))
-        except Exception as e:  # noqa: BLE001 - the module does not take other shapes: skip that trial
-            warnings.append(f"no perturbed-shape trial: the reference fails on it ({type(e).__name__}: {e})"[:300])
+    if spec.get("shapes", True):
+        # Another shape for every size get_inputs reads (odd, non-power-of-two), when the reference takes it.
+        from kopt.evaluator.shapes import choose, reference_accepts
+
+        source = Path(spec["task"]).read_text()
+        variants, notes = choose(source, reference_accepts)
+        warnings += notes
+        out_dir = Path(spec["out_dir"])
+        for k, v in enumerate(variants):
+            path = out_dir / f"variant_{k}.py"
+            path.write_text(v.source)
+            try:
+                trial = _run(_load(str(path), f"kopt_task_variant_{k}"), BASE_SEED + SEED_STRIDE * (n + k), redraw,
+                             torch, dev)
+                trials.append(dict(trial, tag=f"shape variant ({v.description})"))
+            except Exception as e:  # noqa: BLE001 - accepted once, failing now: say so, skip it
+                warnings.append(f"no shape trial ({v.description}): the reference fails on it "
+                                f"({type(e).__name__})"[:300])
+    check_s = time.perf_counter() - t_start  # the reference's own trials: what a candidate's budget scales from
     out_dir = Path(spec["out_dir"])
-    torch.save({"trials": [{k: v for k, v in t.items() if k != "outputs"} for t in trials]}, out_dir / "inputs.pt")
-    torch.save({"outputs": [t["outputs"] for t in trials]}, out_dir / "reference.pt")
-    return {"ok": True, "warnings": warnings, "tags": [t["tag"] for t in trials]}
+    torch.save({"trials": [{k: v for k, v in t.items() if k not in ("outputs", "oracle", "oracle_error")}
+                           for t in trials]}, out_dir / "inputs.pt")
+    torch.save({"outputs": [t["outputs"] for t in trials], "oracle": [t["oracle"] for t in trials]},
+               out_dir / "reference.pt")
+    oracle_errors = sorted({t["oracle_error"] for t in trials if t["oracle_error"]})
+    warnings += [f"no float64 oracle: {e}"[:300] for e in oracle_errors[:1]]
+    return {"ok": True, "warnings": warnings, "tags": [t["tag"] for t in trials], "check_s": check_s}
 
 
 def _timing_model(spec: dict, torch):

@@ -70,6 +70,7 @@ class SessionSpec:
     device: str = "cpu"
     search_path: str | None = None
     what: str = "the candidate"
+    compile: bool = False  # the trusted reference only: torch.compile every model (default mode)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ class Session:
     """A live child session. Use as a context manager; every method raises SessionFailure, nothing else."""
 
     def __init__(self, spec: SessionSpec, *, work: Path, readable: Sequence[Path] = (), timeout_s: float,
-                 max_rss_mb: int | None, env: Mapping[str, str] | None = None, gpu: bool = False):
+                 max_rss_mb: int | None, env: Mapping[str, str] | None = None, gpu: bool = False,
+                 writable: Sequence[Path] = (), toolchain: bool = False, cpu_budget_s: float | None = None):
         self.spec, self.work = spec, work
         work.mkdir(parents=True, exist_ok=True)
         self.killed: str | None = None
@@ -241,8 +243,27 @@ class Session:
         self._pids: list[int] = []
         self._done = threading.Event()
         cores = max(1, spec.threads)
-        cpu_s = int(timeout_s * (cores + 2)) + 30
+        # The CPU rlimit is visible to the child (getrlimit): callers pass one budget for check and time
+        # sessions alike, so it cannot tell them apart.
+        cpu_s = int((cpu_budget_s or timeout_s) * (cores + 2)) + 30
         as_mb = None if gpu or not max_rss_mb else max_rss_mb + 8192
+        self.sandboxed = None
+        try:
+            from kopt.evaluator.sandbox import Limits, Mounts, python_cmd, spawn
+        except ImportError:  # a tree without sandbox.spawn(): the local launcher below
+            spawn = None
+        if spawn is not None:
+            env = {k: v for k, v in (env or {}).items() if k != "PYTHONPATH"}
+            self.sandboxed = spawn(python_cmd(["run"]), work=work, timeout_s=timeout_s, env=env, gpu=gpu,
+                                   mounts=Mounts(readonly=tuple(str(p) for p in readable),
+                                                 writable=tuple(str(p) for p in writable), toolchain=toolchain),
+                                   limits=Limits(cpu_s=cpu_s, as_mb=as_mb, rss_mb=max_rss_mb))
+            self.isolation = self.sandboxed.isolation
+            if self.sandboxed.stdin is None:
+                raise SessionFailure(Status.CRASHED, "cannot start the sandboxed child")
+            self.fd_in, self.fd_out = self.sandboxed.stdout.fileno(), self.sandboxed.stdin.fileno()
+            self.proc = None
+            return
         self.isolation, cmd, child_env = _local_command(work, [Path(CHILD_ROOT), *readable], env, gpu, cpu_s, as_mb)
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -302,6 +323,17 @@ class Session:
 
     def _death(self, fallback: str) -> SessionFailure:
         """Why the session ended, in kopt's words."""
+        if self.sandboxed is not None:
+            res = self.sandboxed.finish(timeout_s=5)
+            self._result = res
+            if res.killed == "timeout":
+                return SessionFailure(Status.TIMEOUT, f"killed after {self.timeout_s:.0f} s (run timeout)")
+            if res.killed in ("output flood", "memory", "disk") or res.signal:
+                return SessionFailure(Status.CRASHED, res.describe())
+            if fallback == "the stream ended" or res.returncode not in (0, None):
+                return SessionFailure(Status.CRASHED, f"the process exited with code {res.returncode} without a "
+                                      "result (exit at import?)")
+            return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -363,11 +395,12 @@ class Session:
         del metas
         header = {"t": "init", "module": self.spec.module, "name": "kopt_candidate" if self.spec.cls == "ModelNew"
                   else "kopt_task", "cls": self.spec.cls, "models": models, "ext": list(self.spec.extensions),
-                  "ext_by_key": self.spec.ext_by_key,
+                  "ext_by_key": self.spec.ext_by_key, "compile": self.spec.compile,
                   "threads": self.spec.threads, "device": self.spec.device, "search_path": self.spec.search_path}
         self._send(header, b"".join(blobs))
         h, _ = self._recv(("ready",))
-        self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
+        if self.proc is not None:
+            self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
         return h["init_ops"]
 
     def flush(self) -> None:
@@ -411,16 +444,19 @@ class Session:
         return tensors[: len(h["out"])], tensors[len(h["out"]):]
 
     def cpu_ns(self) -> int:
+        """The child's CPU time so far, read by kopt (cgroup or /proc), never asked of the child."""
+        if self.sandboxed is not None:
+            return self.sandboxed.cpu_ns()
         return cpu_ns(self._pids)
-
-    def stderr_tail(self) -> str:
-        return bytes(self._stderr[-4000:]).decode(errors="replace")
 
     def close(self) -> None:
         try:
             protocol.write_frame(self.fd_out, {"t": "bye"})
         except (OSError, protocol.ProtocolError):
             pass
+        if self.sandboxed is not None:
+            self.sandboxed.finish(timeout_s=5)
+            return
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

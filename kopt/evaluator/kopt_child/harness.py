@@ -335,6 +335,8 @@ def serve(fd_in: int, fd_out: int) -> None:
         _State.counting = True
         models = _build_models(torch, cls, init["models"], init_payload, device, path)
         _State.counting = False
+        if init.get("compile"):  # the trusted reference under torch.compile: compiled at its first call
+            models = [torch.compile(m) for m in models]
     except _Failure as f:
         fail(f)
         return
