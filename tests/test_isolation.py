@@ -132,7 +132,7 @@ def test_proc_shows_only_the_sandbox_and_home_is_absent(level, tmp_path):
         assert out["uid"] == sandbox.SANDBOX_UID  # real root dropped to an unprivileged uid
 
 
-def test_remount_and_mount_fail(level, tmp_path):
+def test_remount_mount_and_sysctl_writes_fail(level, tmp_path):
     code = ("import ctypes, json, subprocess\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             "r = {}\n"
@@ -145,8 +145,14 @@ def test_remount_and_mount_fail(level, tmp_path):
             "    open('/usr/kopt-remount-test', 'w'); r['write_usr'] = 'WROTE'\n"
             "except OSError as e:\n"
             "    r['write_usr'] = type(e).__name__\n"
+            "try:\n"
+            "    v = open('/proc/sys/vm/swappiness').read()\n"
+            "    open('/proc/sys/vm/swappiness', 'w').write(v); r['sysctl'] = 'WROTE'\n"
+            "except OSError as e:\n"
+            "    r['sysctl'] = type(e).__name__\n"
             "print(json.dumps(r))\n")
     out = report(child(level, code, tmp_path / "work"))
+    assert out["sysctl"] != "WROTE"  # a global kernel setting: uid 0 in a user namespace is still root's uid
     assert out["remount_usr"] == -1 and out["remount_root"] == -1 and out["tmpfs"] == -1, out
     assert out["mount_cmd"] != 0 and out["write_usr"] != "WROTE"
     assert not Path("/usr/kopt-remount-test").exists()

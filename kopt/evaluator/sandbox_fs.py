@@ -154,7 +154,9 @@ def bwrap_args(p: Plan, env: dict[str, str]) -> list[str]:
         out += ["--ro-bind", src, dst]
     for m in p.masks:
         out += ["--size", str(1 << 20), "--tmpfs", m, "--remount-ro", m]
-    out += ["--proc", "/proc", "--dev", "/dev", "--size", str(p.shm_mb << 20), "--tmpfs", "/dev/shm"]
+    # A read-only /proc: inside bubblewrap's user namespace uid 0 is still root's uid to the kernel's
+    # permission checks, which would let it write global sysctls (/proc/sys/vm/...) without any capability.
+    out += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", "--size", str(p.shm_mb << 20), "--tmpfs", "/dev/shm"]
     for d in p.devs:
         out += ["--dev-bind", d, d]
     for src, dst in p.rw:
