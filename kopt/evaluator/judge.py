@@ -77,12 +77,14 @@ def compare(out, ref, index: int, atol: float | None, rtol: float | None) -> str
 LESS_ACCURATE = "less accurate than the reference"
 
 
-def compare_oracle(out, ref, oracle, index: int, ref_err=None, factor: float | None = None) -> str | None:
+def compare_oracle(out, ref, oracle, index: int, ref_err=None, factor: float | None = None,
+                   fan_in: int | None = None) -> str | None:
     """None when `out` is within the oracle budget (oracle.budget) of the float64 `oracle`; else the reason.
 
     `ref_err` is the reference's own ErrorStats against the oracle (oracle.reference_errors computes it once
-    per input set); None recomputes it from `ref`. Outputs the measure does not cover (integer, float64, an
-    all-zero oracle) pass here: compare() judges them."""
+    per input set); None recomputes it from `ref`. `fan_in` (OracleRun.fan_in) widens the budget for long
+    sums. Outputs the measure does not cover (integer, float64, an all-zero oracle) pass here: compare()
+    judges them."""
     from kopt.evaluator import oracle as orc
 
     if oracle is None:
@@ -91,7 +93,7 @@ def compare_oracle(out, ref, oracle, index: int, ref_err=None, factor: float | N
     if got is None:
         return None
     mine = ref_err if ref_err is not None else orc.error_stats(ref, oracle)
-    limit = orc.budget(mine, ref.dtype, orc.FACTOR if factor is None else factor)
+    limit = orc.budget(mine, ref.dtype, orc.FACTOR if factor is None else factor, fan_in)
     base = mine or orc.ErrorStats(0.0, 0.0)
     for label, value, cap, own in (("relative L2", got.rel_l2, limit.rel_l2, base.rel_l2),
                                    ("largest-element", got.rel_max, limit.rel_max, base.rel_max)):
@@ -104,10 +106,11 @@ def compare_oracle(out, ref, oracle, index: int, ref_err=None, factor: float | N
 
 
 def compare_all(outs, refs, atol: float | None, rtol: float | None, *, oracle=None, ref_err=None,
-                oracle_factor: float | None = None) -> str | None:
+                oracle_factor: float | None = None, fan_in=None) -> str | None:
     """None when every output passes compare() and, given the float64 `oracle` outputs (one per output, as
     oracle.run_oracle returns them), compare_oracle(); else the first reason. `ref_err`: the reference's own
-    errors (oracle.reference_errors(refs, oracle)), to compute them once per input set instead of per call."""
+    errors (oracle.reference_errors(refs, oracle)), to compute them once per input set instead of per call.
+    `fan_in`: OracleRun.fan_in (per output; None entries or None = no allowance for long sums)."""
     if outs is None:
         return "no outputs"
     if len(outs) != len(refs):
@@ -119,7 +122,8 @@ def compare_all(outs, refs, atol: float | None, rtol: float | None, *, oracle=No
     if oracle is not None and len(oracle) == len(refs):
         for i, (o, r) in enumerate(zip(outs, refs)):
             mine = ref_err[i] if ref_err is not None and i < len(ref_err) else None
-            why = compare_oracle(o, r, oracle[i], i, mine, oracle_factor)
+            fan = fan_in[i] if fan_in is not None and i < len(fan_in) else None
+            why = compare_oracle(o, r, oracle[i], i, mine, oracle_factor, fan)
             if why:
                 return why
     return None

@@ -10,12 +10,18 @@ The measure is the relative L2 error ||x - o|| / ||o|| against the oracle `o` (a
 that is wrong only in a small region, the largest error relative to max |o|), over the positions where both
 the reference and the oracle are finite. The budget for a candidate's output is
 
-    budget = FACTOR * (the reference's own error) + SLACK_ULPS[dtype] * unit roundoff(dtype)
+    budget = FACTOR * (the reference's own error)
+             + SLACK_ULPS[dtype] * unit roundoff(dtype) + REDUCTION_ULPS * sqrt(fan-in) * 2^-24
 
 with FACTOR = 4. The slack is what lets an honest reordering pass when the reference happens to be very
-accurate (or exact: ReLU, max, copies, where its error is 0): measured on N(0,1) inputs, a single-thread
-sequential fp32 sum over 16384 terms is 35 ulps (relative L2) off the oracle where torch's cascaded sum is
-2.4, an 8-thread OpenMP sum 13, a 16-lane simd sum 10; a naive K=2048 matmul 14 where MKL is 6. fp16 or
+accurate (or exact: ReLU, max, copies, where its error is 0). An honest fp32 reduction in another order has
+an error that grows with its length: measured on N(0,1) inputs, a single-thread sequential fp32 sum is about
+0.3-0.4 sqrt(n) ulps (relative L2) off the oracle (20 at n=4096, 35 at 16384, 99 at 65536) where torch's
+cascaded sum is 2-3.5;
+an 8-thread OpenMP sum is 7.7 and 13, a 16-lane simd sum 4.5 and 10; a naive K=2048 matmul 14 where MKL is 6.
+So the slack has a part that grows with the output's fan-in (how many input and parameter elements one output
+element depends on: 1 for an elementwise op, n for a sum or softmax over n, 2K for a matmul), measured once
+per task from the float64 twin's gradient at the output's largest element (`fan_in`). fp16 or
 bf16 rounding, TF32 inputs and fp16 accumulation are 870 to 100,000 ulps off, and Abramowitz-Stegun 7.1.25's
 erf (|error| 2.5e-5) inside a GELU is 199 ulps (27x the reference's own largest error). Half-precision
 outputs get one of their own (much larger) ulps: honest half kernels accumulate in fp32, so what they add is
@@ -27,11 +33,15 @@ output is not checked: the oracle has no precision to spare over it.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 FACTOR = 4.0
 # Slack in units of the output dtype's unit roundoff (2^-24 fp32, 2^-11 fp16, 2^-8 bf16): see the docstring.
 SLACK_ULPS = {"torch.float32": 32.0, "torch.float16": 1.0, "torch.bfloat16": 1.0}
+# fp32 ulps per sqrt(fan-in): a naive sequential sum needs ~0.4; the rest is headroom (see the docstring).
+REDUCTION_ULPS = 1.0
+FP32_ROUNDOFF = 2.0 ** -24
 # The largest-error measure is noisier than the L2 one (one element decides it): twice the slack.
 MAX_SLACK_FACTOR = 2.0
 
@@ -51,6 +61,7 @@ class OracleRun:
 
     outputs: tuple = ()
     error: str = ""
+    fan_in: tuple = ()  # per output: int, or None where it could not be measured (then no length allowance)
 
 
 def pin_precision(torch) -> None:
@@ -113,14 +124,41 @@ def run_oracle(model, inputs, *, device: str = "cpu") -> OracleRun:
         twin = float64_model(model).to(device)
         args = [to_float64(x, torch) for x in inputs]
         args = [x.to(device) if isinstance(x, torch.Tensor) else x for x in args]
-        with torch.no_grad():
-            out = twin(*args)
+        fans: tuple = ()
+        try:  # one forward with autograd on: the outputs and, from its graph, each output's fan-in
+            out, fans = _forward_with_fan_in(twin, args, torch)
+        except Exception:  # noqa: BLE001 - not differentiable (in-place on an input, no_grad inside): no fan-in
+            with torch.no_grad():
+                out = twin(*[x.detach() if isinstance(x, torch.Tensor) else x for x in args])
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         if not all(isinstance(o, torch.Tensor) for o in outs):
             return OracleRun(error="the float64 run returned something other than tensors")
-        return OracleRun(outputs=tuple(o.detach().cpu() for o in outs))
+        return OracleRun(outputs=tuple(o.detach().cpu() for o in outs), fan_in=fans or (None,) * len(outs))
     except Exception as e:  # noqa: BLE001 - the user's model does not run in float64: no oracle for this task
         return OracleRun(error=f"the reference does not run in float64 ({type(e).__name__}: {e})"[:300])
+
+
+def _forward_with_fan_in(twin, args, torch):
+    """Run `twin` with gradients on and count, for each floating output, the input and parameter elements
+    with a nonzero gradient at the output's largest element: the length of the sums that element came from."""
+    leaves = [x.requires_grad_(True) for x in args if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    leaves += [p for p in twin.parameters() if p.is_floating_point()]
+    for p in twin.parameters():
+        p.requires_grad_(p.is_floating_point())
+    with torch.enable_grad():
+        out = twin(*args)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    fans = []
+    for o in outs:
+        if not (isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad and o.numel()):
+            fans.append(None)
+            continue
+        flat = o.reshape(-1)
+        idx = int(torch.nan_to_num(flat.detach().abs(), nan=0.0, posinf=0.0).argmax())
+        grads = torch.autograd.grad(flat[idx], leaves, retain_graph=True, allow_unused=True)
+        fans.append(max(1, sum(int((g != 0).sum()) for g in grads if g is not None)))
+    detached = [o.detach() if isinstance(o, torch.Tensor) else o for o in outs]
+    return (type(out)(detached) if isinstance(out, (tuple, list)) else detached[0]), tuple(fans)
 
 
 def error_stats(out, oracle, ref=None) -> ErrorStats | None:
@@ -156,8 +194,11 @@ def reference_errors(refs, oracle) -> tuple[ErrorStats | None, ...]:
     return tuple(error_stats(r, o) for r, o in zip(refs, oracle))
 
 
-def budget(ref_err: ErrorStats | None, dtype, factor: float = FACTOR) -> ErrorStats:
-    """The most error a candidate's output of `dtype` may have: factor x the reference's + the dtype's slack."""
+def budget(ref_err: ErrorStats | None, dtype, factor: float = FACTOR, fan_in: int | None = None) -> ErrorStats:
+    """The most error a candidate's output of `dtype` may have: factor x the reference's, plus the dtype's
+    slack, plus the allowance for fp32 sums of `fan_in` terms in another order (none when unknown)."""
     slack = SLACK_ULPS.get(str(dtype), SLACK_ULPS["torch.float32"]) * unit_roundoff(dtype)
+    if fan_in and fan_in > 1:
+        slack += REDUCTION_ULPS * math.sqrt(fan_in) * FP32_ROUNDOFF
     base = ref_err or ErrorStats(0.0, 0.0)
     return ErrorStats(rel_l2=factor * base.rel_l2 + slack, rel_max=factor * base.rel_max + MAX_SLACK_FACTOR * slack)
