@@ -1,6 +1,6 @@
 """`kopt check`: does each committed kernel (`kernels/<task>/`) still match its reference?
 
-For every kernel directory, cheapest check first (issue 6):
+For every kernel directory, cheapest check first:
 
 1. staleness: the reference's current task hash (an AST hash, kopt/task.py: no torch, milliseconds) against
    the one report.json recorded. A different hash means the module changed: "stale".
@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
-import json
 import os
-import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from kopt import kernels
 from kopt.errors import KoptError
+from kopt.git import changed_since_merge_base, repo_root
+from kopt.kernels import KERNEL_FILES, MODEL_NEW, REPORT, KernelRecord, sha256_text
 from kopt.records import Progress, no_progress
 
-REPORT = "report.json"
-MODEL_NEW = "model_new.py"
-KERNEL_FILES = (MODEL_NEW, "kernel.cpp", "kernel.cu", REPORT)
-HEADER_PREFIX = "# Written by kopt"  # kopt/output.py prepends this line to model_new.py
 # Default --tolerance: a re-timed speedup may fall 10% below the recorded one before it fails. Timing noise
 # on a quiet machine is a few percent (kopt reports median and IQR; docs/evaluator.md §3); 10% leaves room.
 DEFAULT_TOLERANCE = 0.10
@@ -149,107 +145,9 @@ def find_kernel_dirs(paths: Sequence[Path] | None, root: Path) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def read_report(kernel_dir: Path) -> dict[str, Any]:
-    try:
-        report = json.loads((kernel_dir / REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KoptError(f"{kernel_dir / REPORT} is unreadable: {e}", "restore it from git or re-run kopt optimize") from None
-    if not isinstance(report, dict) or not isinstance(report.get("task"), dict) or not report.get("winner"):
-        raise KoptError(f"{kernel_dir / REPORT} has no task or winner", "restore it from git or re-run kopt optimize")
-    return report
-
-
-def reference_target(kernel_dir: Path, report: dict[str, Any]) -> str:
-    """The reference TARGET as a path usable from here: report.json keeps it relative to the kernel dir, so a
-    clone anywhere works; older reports only have the absolute path."""
-    task = report["task"]
-    rel = task.get("target_from_kernel_dir")
-    if rel:
-        path_s, sep, cls = rel.rpartition(":")
-        if not (sep and path_s.endswith(".py") and cls.isidentifier()):
-            path_s, cls = rel, ""
-        path = os.path.normpath(os.path.join(str(kernel_dir), path_s))
-        return f"{path}:{cls}" if cls else path
-    return str(task["target"])
-
-
-def reference_path(kernel_dir: Path, report: dict[str, Any]) -> Path:
-    target = reference_target(kernel_dir, report)
-    path_s, sep, cls = target.rpartition(":")
-    return Path(path_s if sep and path_s.endswith(".py") and cls.isidentifier() else target)
-
-
-def load_reference(kernel_dir: Path, report: dict[str, Any]):
-    """The current reference as a Task, built with the inputs and --set values report.json recorded."""
-    from kopt.task import load_task
-
-    task = report["task"]
-    sets = [f"{k}={v!r}" for k, v in (task.get("sets") or {}).items()]
-    init = task.get("init_args")
-    init_s = init if isinstance(init, str) or init is None else json.dumps(init)
-    return load_task(reference_target(kernel_dir, report), inputs=task.get("inputs") or None, init_args=init_s,
-                     sets=sets)
-
-
-# ---- integrity of the kernel files ----------------------------------------------------------------------
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def kernel_code(kernel_dir: Path) -> str:
-    """model_new.py without the one-line header kopt/output.py adds: the code the winner's hash is over."""
-    text = (kernel_dir / MODEL_NEW).read_text(encoding="utf-8")
-    first, _, rest = text.partition("\n")
-    return rest if first.startswith(HEADER_PREFIX) else text
-
-
-def code_matches_record(code: str, full_text: str, winner: dict[str, Any]) -> bool:
-    """Is this the recorded winner? output.py writes `code.rstrip() + "\\n"`, and extract_code ends code with
-    one newline, so compare the likely originals; a report with `model_new_sha256` is compared exactly."""
-    if winner.get("model_new_sha256"):
-        return _sha(full_text) == winner["model_new_sha256"]
-    recorded = winner.get("code_sha256")
-    if not recorded:
-        return False
-    return recorded in {_sha(code), _sha(code.rstrip("\n") + "\n"), _sha(code.rstrip("\n"))}
-
-
-def kernel_file_mismatch(kernel_dir: Path, code: str) -> str | None:
-    """kernel.cpp|cu is a copy for reading; model_new.py is what runs. Say so when the two disagree."""
-    from kopt.output import kernel_source
-
-    expected, name = kernel_source(code)
-    for candidate in ("kernel.cpp", "kernel.cu"):
-        path = kernel_dir / candidate
-        if path.is_file() and candidate == name:
-            if path.read_text(encoding="utf-8").strip() != expected.strip():
-                return f"{candidate} differs from the kernel source inside {MODEL_NEW} (which is what runs)"
-    return None
-
-
-# ---- the fix command ------------------------------------------------------------------------------------
-
-def fix_command(kernel_dir: Path, report: dict[str, Any], target: str, actual_dir: Path | None = None) -> str:
-    """`kopt optimize` that re-records this kernel from its own recorded pool (no LLM needed)."""
-    task = report["task"]
-    params = report.get("params") or {}
-    parts = ["kopt", "optimize", target]
-    for spec in task.get("inputs") or []:
-        parts += ["--input", spec]
-    init = task.get("init_args")
-    if init is not None:
-        parts += ["--init-args", init if isinstance(init, str) else json.dumps(init)]
-    for k, v in (task.get("sets") or {}).items():
-        parts += ["--set", f"{k}={v!r}"]
-    if ((actual_dir or kernel_dir) / "samples.jsonl").is_file():
-        parts += ["--sampler", "replay", "--samples", str(kernel_dir / "samples.jsonl")]
-        if params.get("k"):
-            parts += ["--k", str(params["k"])]
-    if report.get("target"):
-        parts += ["--target", str(report["target"])]
-    parts += ["--out", str(kernel_dir), "--force"]
-    return shlex.join(parts)
+def read_report(kernel_dir: Path) -> KernelRecord:
+    """The kernel dir's record (kopt/kernels.py); KoptError when it is missing or unreadable."""
+    return kernels.read(kernel_dir)
 
 
 # ---- the evaluator side (imported only when something must run) ---------------------------------------
@@ -290,22 +188,14 @@ def _evaluator(task, settings):
         ev.close()
 
 
-def _eval_settings(report: dict[str, Any], target: str):
-    """The settings the kernel was judged with (tolerances), on this machine's target."""
+def _eval_settings(record: KernelRecord, target: str):
+    """The settings the kernel was judged with (tolerances, trials, threads), on this machine's target."""
     import dataclasses
 
     from kopt.evaluator import EvalSettings
 
-    recorded = report.get("eval_settings") or {}
-    if isinstance(recorded, str):  # EvalSettings.key() is a JSON string
-        try:
-            recorded = json.loads(recorded)
-        except ValueError:
-            recorded = {}
-    if not isinstance(recorded, dict):
-        recorded = {}
     names = {f.name for f in dataclasses.fields(EvalSettings)}
-    keep = {k: v for k, v in recorded.items() if k in names and k in ("atol", "rtol", "trials", "threads")}
+    keep = {k: v for k, v in record.eval_settings.items() if k in names and k in ("atol", "rtol", "trials", "threads")}
     return EvalSettings(target=target, **keep)
 
 
@@ -318,41 +208,38 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
                  display: Display = str, progress: Progress = no_progress) -> KernelCheck:
     shown = display(kernel_dir)
     try:
-        report = read_report(kernel_dir)
+        record = read_report(kernel_dir)
     except KoptError as e:
         return KernelCheck(kernel_dir=shown, task=kernel_dir.name, reference="?", verdict=Verdict.BROKEN,
                            reason=e.message, fix=e.hint)
-    task_info = report["task"]
-    winner = report["winner"]
-    target_shown = display(reference_path(kernel_dir, report))
-    cls = reference_target(kernel_dir, report).rpartition(":")
-    if cls[1] and cls[0].endswith(".py"):
-        target_shown += f":{cls[2]}"
-    base = KernelCheck(kernel_dir=shown, task=str(task_info.get("name") or kernel_dir.name), reference=target_shown,
-                       verdict=Verdict.PASS, recorded_hash=str(task_info.get("hash") or ""),
-                       recorded_speedup=winner.get("speedup"),
-                       fix=fix_command(Path(shown), report, target_shown, kernel_dir))
+    assert record.winner is not None
+    target_shown = display(record.reference_path(kernel_dir))
+    cls = kernels.split_target(record.reference_target(kernel_dir))[1]
+    if cls:
+        target_shown += f":{cls}"
+    base = KernelCheck(kernel_dir=shown, task=record.task.name or kernel_dir.name, reference=target_shown,
+                       verdict=Verdict.PASS, recorded_hash=record.task.hash,
+                       recorded_speedup=record.winner.speedup,
+                       fix=record.rerecord_command(target_shown, shown))
     try:
-        task = load_reference(kernel_dir, report)
+        task = record.load_reference(kernel_dir)
     except KoptError as e:
         return replace(base, verdict=Verdict.BROKEN, reason=f"reference: {e.message}",
                        fix=f"restore {target_shown}, or delete {shown} if the module is gone")
     try:
-        full_text = (kernel_dir / MODEL_NEW).read_text(encoding="utf-8")
+        files = kernels.integrity(kernel_dir, record)
     except OSError as e:
         return replace(base, current_hash=task.hash, verdict=Verdict.BROKEN, reason=f"{MODEL_NEW}: {e}")
-    code = kernel_code(kernel_dir)
+    code, edited, mismatch = files.code, files.edited, files.mismatch
     stale = task.hash != base.recorded_hash
-    edited = not code_matches_record(code, full_text, winner)
     base = replace(base, current_hash=task.hash, stale=stale, edited=edited)
-    mismatch = kernel_file_mismatch(kernel_dir, code)
     if mismatch and not edited:
         return _mismatch(base, mismatch)
     if not (stale or edited or settings.check_all):
         return base  # the recorded verdict stands: nothing relevant changed
 
     skipped: list[str] = []
-    target = str(report.get("target") or "cpu")
+    target = record.target
     fp = machine.fingerprint(target)
     if fp is None:
         why = ("the evaluator is not available" if target != "cuda"
@@ -363,40 +250,40 @@ def check_kernel(kernel_dir: Path, settings: CheckSettings, cache, machine: _Mac
 
     from kopt.records import EvalResult, Status
 
-    key = {"code": _sha(code), "task": task.hash, "target": target, "machine": fp,
-           "settings": _settings_key(report, target)}
+    key = {"code": sha256_text(code), "task": task.hash, "target": target, "machine": fp,
+           "settings": _settings_key(record, target)}
     verdict_json = cache.get("kcheck", key) if settings.use_cache else None
     if verdict_json is not None:
         checked, how = EvalResult.from_json(verdict_json), "cached"
     else:
         progress(f"check {task.name}", 0, 1)
-        with _evaluator(task, _eval_settings(report, target)) as ev:
+        with _evaluator(task, _eval_settings(record, target)) as ev:
             [checked] = ev.check([code])
             how = "checked"
             cache.set("kcheck", key, checked.to_json())
-            timed = _maybe_time(ev, code, checked, report, fp, stale, settings, cache, key, skipped)
+            timed = _maybe_time(ev, code, checked, record, fp, stale, settings, cache, key, skipped)
         progress(f"check {task.name}", 1, 1)
         return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped,
                          settings, mismatch)
     timed = None
-    if checked.status is Status.CORRECT and _wants_timing(report, fp, stale, settings, skipped):
+    if checked.status is Status.CORRECT and _wants_timing(record, fp, stale, settings, skipped):
         cached_t = cache.get("ktime", key) if settings.use_cache else None
         if cached_t is not None:
             timed = EvalResult.from_json(cached_t)
         else:
-            with _evaluator(task, _eval_settings(report, target)) as ev:
+            with _evaluator(task, _eval_settings(record, target)) as ev:
                 [timed] = ev.time([code], [checked])
             cache.set("ktime", key, timed.to_json())
     return _conclude(replace(base, correctness=how, status=checked.status.value), checked, timed, skipped, settings,
                      mismatch)
 
 
-def _settings_key(report: dict[str, Any], target: str) -> Any:
-    s = _eval_settings(report, target)
+def _settings_key(record: KernelRecord, target: str) -> Any:
+    s = _eval_settings(record, target)
     return s.key() if hasattr(s, "key") else repr(s)
 
 
-def _wants_timing(report: dict[str, Any], fp: dict[str, str], stale: bool, settings: CheckSettings,
+def _wants_timing(record: KernelRecord, fp: dict[str, str], stale: bool, settings: CheckSettings,
                   skipped: list[str]) -> bool:
     if not settings.timing:
         skipped.append("timing: --no-timing")
@@ -404,17 +291,17 @@ def _wants_timing(report: dict[str, Any], fp: dict[str, str], stale: bool, setti
     if stale:
         skipped.append("timing: the kernel is stale; `kopt optimize --force` re-times it against the new reference")
         return False
-    if fp.get("device") != report.get("device"):
-        skipped.append(f"timing: recorded on {report.get('device')!r}, this machine is {fp.get('device')!r}; "
+    if fp.get("device") != record.device:
+        skipped.append(f"timing: recorded on {record.device!r}, this machine is {fp.get('device')!r}; "
                        "a speedup measured elsewhere is not comparable")
         return False
     return True
 
 
-def _maybe_time(ev, code, checked, report, fp, stale, settings, cache, key, skipped):
+def _maybe_time(ev, code, checked, record, fp, stale, settings, cache, key, skipped):
     from kopt.records import Status
 
-    if checked.status is not Status.CORRECT or not _wants_timing(report, fp, stale, settings, skipped):
+    if checked.status is not Status.CORRECT or not _wants_timing(record, fp, stale, settings, skipped):
         return None
     [timed] = ev.time([code], [checked])
     cache.set("ktime", key, timed.to_json())
@@ -462,48 +349,6 @@ def _conclude(base: KernelCheck, checked, timed, skipped: list[str], settings: C
 
 # ---- selection by git changes (--base) --------------------------------------------------------------------
 
-def repo_root(start: Path) -> Path | None:
-    """The work tree holding `start`, or None outside git (GitPython imported only here)."""
-    import git
-
-    try:
-        repo = git.Repo(start, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return None
-    return Path(repo.working_tree_dir) if repo.working_tree_dir else None
-
-
-def changed_paths(root: Path, base: str) -> tuple[set[Path], str]:
-    """Files that differ between the merge base of BASE and HEAD, and the working tree (so committed and
-    uncommitted changes both count). Returns absolute paths and a description of the range."""
-    import git
-
-    try:
-        repo = git.Repo(root, search_parent_directories=True)
-        bases = repo.merge_base(base, "HEAD")
-    except git.GitCommandError as e:
-        raise KoptError(f"cannot find the merge base of {base!r} and HEAD: {e.stderr.strip() or e}",
-                        "name a branch or commit that exists here, e.g. --base origin/main (after git fetch)") from None
-    except git.BadName:
-        raise KoptError(f"unknown git revision {base!r}", "e.g. --base origin/main") from None
-    if not bases:
-        raise KoptError(f"{base!r} and HEAD share no history", "name a branch this one was made from")
-    mb = bases[0]
-    return changed_between(repo, mb.hexsha, None), f"changed since {mb.hexsha[:10]} (merge base of {base} and HEAD)"
-
-
-def changed_between(repo, old: str, new: str | None) -> set[Path]:
-    """Files that differ between commit `old` and `new` (a commit, "INDEX" for the index, None for the tree)."""
-    top = Path(repo.working_tree_dir)
-    if new == "INDEX":
-        out = repo.git.diff("--cached", "--name-only", "--no-renames", old)
-    elif new is None:
-        out = repo.git.diff("--name-only", "--no-renames", old)
-    else:
-        out = repo.git.diff("--name-only", "--no-renames", old, new)
-    return {(top / line).resolve() for line in out.splitlines() if line.strip()}
-
-
 def select_changed(dirs: Iterable[Path], changed: set[Path]) -> tuple[list[Path], list[Path]]:
     """Kernel dirs whose own files or whose reference file is among `changed`; and the rest."""
     picked, rest = [], []
@@ -511,7 +356,7 @@ def select_changed(dirs: Iterable[Path], changed: set[Path]) -> tuple[list[Path]
         touched = any((d / name).resolve() in changed for name in KERNEL_FILES)
         if not touched:
             try:
-                touched = reference_path(d, read_report(d)).resolve() in changed
+                touched = read_report(d).reference_path(d).resolve() in changed
             except KoptError:
                 touched = True  # an unreadable report is a failure worth reporting
         (picked if touched else rest).append(d)
@@ -542,7 +387,7 @@ def run_check(paths: Sequence[Path] | None = None, base: str | None = None, sett
     selected_by = "all kernels"
     rest: list[Path] = []
     if base is not None:
-        changed, selected_by = changed_paths(root, base)
+        changed, selected_by = changed_since_merge_base(root, base)
     elif changed is not None:
         selected_by = changed_label or "changed files"
     if changed is not None:

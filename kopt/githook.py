@@ -1,4 +1,15 @@
-"""`kopt hook install|uninstall|run`: a git hook that blocks merges (or pushes) bringing in stale kernels.
+"""`kopt hook install|uninstall|run`: git hooks that keep stale or broken kernels out of a branch.
+
+`kopt hook install` puts three hooks around a merge, because no single git hook sees every way a merge ends:
+- pre-merge-commit: `git merge` that creates a merge commit; blocks it.
+- commit-msg: `git commit` (or `git merge --continue`) concluding a merge that stopped (a conflict, or the
+  block above, after which git itself suggests `git commit`); pre-merge-commit does not run there. It acts
+  only while MERGE_HEAD exists, so ordinary commits cost nothing.
+- post-merge: after every merge, fast-forwards included (they create no commit, so nothing above runs);
+  it cannot undo the merge, so it warns with the fix.
+`--hook pre-push` installs the check before a push instead. What no local hook can stop: `--no-verify`, a
+hook never installed in a clone, a push to the server from elsewhere. `kopt check --base origin/main` in CI
+is the gate; the hooks are early warnings.
 
 The pattern is pre-commit's (`pre_commit/commands/install_uninstall.py`): the installed script is a tiny template
 (templates/hook.sh.tmpl) that re-execs `kopt hook run` with the absolute interpreter kopt is installed in,
@@ -10,7 +21,6 @@ sets for hooks are removed before kopt runs git itself.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import stat
@@ -18,22 +28,20 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from kopt.errors import KoptError
+from kopt.git import hooks_dir, hooks_path_setting, no_git_env, open_repo
 from kopt.records import Progress, no_progress
 
-HOOKS = ("pre-merge-commit", "pre-push")
+HOOKS = ("pre-merge-commit", "commit-msg", "post-merge", "pre-push")
+# What `kopt hook install --hook NAME` installs: "merge" is the set that covers every way a merge ends.
+HOOK_SETS = {"merge": ("pre-merge-commit", "commit-msg", "post-merge"), **{h: (h,) for h in HOOKS}}
+BLOCKING = {"pre-merge-commit": "merge", "commit-msg": "commit", "pre-push": "push"}  # hook -> the git command
 MODES = ("check", "optimize")
 MARKER = "kopt-hook-5e1f0a7c"  # in templates/hook.sh.tmpl; change both together
 TEMPLATE = "hook.sh.tmpl"
 ZERO_SHA = "0" * 40
-# GIT_* variables that configure how git reaches the outside, not which repository it acts on; the rest
-# (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE, ...) would point kopt's own git calls at the hook's context.
-_KEEP_GIT_ENV = {"GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY",
-                 "GIT_ASKPASS", "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM",
-                 "GIT_ALLOW_PROTOCOL", "GIT_HTTP_PROXY_AUTHMETHOD"}
-
 Say = Callable[[str], None]
 
 
@@ -44,40 +52,8 @@ def _check_name(hook: str, mode: str = "check") -> None:
         raise KoptError(f"unknown --mode {mode!r}", "use check (block stale kernels) or optimize (re-record them)")
 
 
-@contextlib.contextmanager
-def no_git_env() -> Iterator[None]:
-    """Remove the GIT_* variables git exports to hooks while kopt runs git, then put them back."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("GIT_") and k not in _KEEP_GIT_ENV}
-    for k in saved:
-        del os.environ[k]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def _repo(cwd: Path | None):
-    import git
-
-    try:
-        return git.Repo(cwd or Path.cwd(), search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise KoptError(f"{cwd or Path.cwd()} is not inside a git repository", "run this inside your repository") from None
-
-
-def hooks_dir(repo) -> Path:
-    """<git common dir>/hooks: shared by all worktrees, as git itself uses it."""
-    return Path(repo.common_dir) / "hooks"
-
-
-def _hooks_path_setting(repo) -> str | None:
-    import git
-
-    try:
-        value = repo.git.config("--get", "core.hooksPath")
-    except git.GitCommandError:
-        return None
-    return value.strip() or None
+    return open_repo(cwd)
 
 
 def is_kopt_hook(path: Path) -> bool:
@@ -94,9 +70,18 @@ def render_hook(hook: str, mode: str, python: str) -> str:
     text = read_template(TEMPLATE)
     if MARKER not in text:
         raise KoptError(f"templates/{TEMPLATE} has lost its marker line", "reinstall kopt")
-    git_cmd = "merge" if hook == "pre-merge-commit" else "push"
+    git_cmd = BLOCKING.get(hook, "merge")
+    # commit-msg matters only for the commit that concludes a merge: ordinary commits exit in the shell.
+    guard = ""
+    if hook == "commit-msg":
+        guard = '[ -f "$(git rev-parse --git-path MERGE_HEAD)" ] || exit 0  # not concluding a merge\n'
+    elif hook == "post-merge":  # a merge that touched no Python, kernel or report file cannot stale a kernel
+        guard = ("changed=$(git diff --name-only ORIG_HEAD HEAD 2>/dev/null) && ! printf '%s\\n' \"$changed\" | "
+                 "grep -qE '[.](py|cpp|cu)$|(^|/)report[.]json$' && exit 0\n")
+    if guard:  # a hook kopt moved aside (<hook>.legacy) must still run every time
+        guard = f'if [ ! -e "$0.legacy" ]; then\n    {guard}fi\n'
     return (text.replace("@PYTHON@", shlex.quote(python)).replace("@HOOK@", hook)
-            .replace("@MODE@", mode).replace("@GITCMD@", git_cmd))
+            .replace("@MODE@", mode).replace("@GITCMD@", git_cmd).replace("@GUARD@\n", guard))
 
 
 @dataclass(frozen=True)
@@ -112,7 +97,7 @@ def install(hook: str = "pre-merge-commit", mode: str = "check", cwd: Path | Non
     _check_name(hook, mode)
     with no_git_env():
         repo = _repo(cwd)
-        hooks_path = _hooks_path_setting(repo)
+        hooks_path = hooks_path_setting(repo)
     if hooks_path:
         raise KoptError(
             f"core.hooksPath is set ({hooks_path}), so git would never run a hook in .git/hooks",
@@ -177,6 +162,7 @@ class HookOutcome:
     legacy_rc: int | None  # None: no legacy hook
     refreshed: tuple[str, ...] = ()  # --mode optimize: kernel dirs re-recorded (now to be committed)
     messages: tuple[str, ...] = ()
+    warn_only: bool = False  # post-merge: the merge is done; failures are a warning with the fix
 
 
 def run_legacy(hook: str, args: list[str], stdin: bytes, cwd: Path) -> int | None:
@@ -192,14 +178,17 @@ def run_legacy(hook: str, args: list[str], stdin: bytes, cwd: Path) -> int | Non
 
 
 def _changed_for_hook(repo, hook: str, stdin: bytes) -> tuple[set[Path] | None, str]:
-    """What this merge or push changes; None means "check every kernel" (a new branch, unknown history)."""
-    import git
+    """What this merge, commit or push changes; None means "check every kernel" (unknown history)."""
+    from kopt.git import changed_between, command_error, last_merge_range
 
-    from kopt.check import changed_between
-
-    if hook == "pre-merge-commit":
+    if hook in ("pre-merge-commit", "commit-msg"):
         # The merge result is in the index and the work tree; HEAD is the branch being merged into.
         return changed_between(repo, "HEAD", "INDEX"), "changed by this merge"
+    if hook == "post-merge":
+        span = last_merge_range(repo)
+        if span is None:
+            return None, "every kernel (the merge's starting point is unknown)"
+        return changed_between(repo, span[0], span[1]), "brought by this merge"
     changed: set[Path] = set()
     for line in stdin.decode(errors="replace").splitlines():
         parts = line.split()
@@ -212,38 +201,47 @@ def _changed_for_hook(repo, hook: str, stdin: bytes) -> tuple[set[Path] | None, 
             return None, "every kernel (a new remote branch)"
         try:
             changed |= changed_between(repo, remote_sha, local_sha)
-        except git.GitCommandError:
+        except command_error():
             return None, "every kernel (the remote commit is not here)"
     return changed, "changed by this push"
 
 
 def run(hook: str, mode: str, args: list[str], stdin: bytes, cwd: Path | None = None,
         progress: Progress = no_progress, say: Say = lambda s: None) -> HookOutcome:
-    """What the installed hook does: the legacy hook first, then `kopt check` on what the merge changes."""
+    """What the installed hook does: the legacy hook first, then `kopt check` on what the merge changes.
+
+    post-merge never blocks (the merge is done): its outcome carries exit code 0 and `warn_only`.
+    """
     from kopt.check import CheckSettings, Verdict, run_check
+    from kopt.git import merge_in_progress, work_tree
 
     _check_name(hook, mode)
     cwd = (cwd or Path.cwd()).resolve()
+    with no_git_env():
+        repo = _repo(cwd)
+        if hook == "commit-msg" and not merge_in_progress(repo):
+            return HookOutcome(exit_code=0, report=None, legacy_rc=run_legacy(hook, args, stdin, cwd))
     legacy_rc = run_legacy(hook, args, stdin, cwd)
-    if legacy_rc:
+    if legacy_rc and hook != "post-merge":
         return HookOutcome(exit_code=legacy_rc, report=None, legacy_rc=legacy_rc,
                            messages=(f"{hook}.legacy (the hook kopt found installed) failed with exit code "
                                      f"{legacy_rc}",))
     with no_git_env():
-        repo = _repo(cwd)
-        root = Path(repo.working_tree_dir)
+        root = work_tree(repo)
         changed, label = _changed_for_hook(repo, hook, stdin)
     # Timing on a hook's schedule would make every merge wait; correctness is what a merge must not break.
     settings = CheckSettings(timing=False)
     report = run_check(None, settings=settings, cwd=root, progress=progress, changed=changed,
                        changed_label=label)
+    if hook == "post-merge":
+        return HookOutcome(exit_code=0, report=report, legacy_rc=legacy_rc, warn_only=True)
     if mode == "check" or not report.failed:
         return HookOutcome(exit_code=report.exit_code, report=report, legacy_rc=legacy_rc)
     refreshed, messages = [], []
     for r in report.failed:
         if not r.stale or r.verdict is Verdict.BROKEN:
             continue
-        say(f"re-optimizing {r.kernel_dir} from its recorded samples")
+        say(f"re-optimizing {r.kernel_dir} with its recorded sampler and model")
         try:
             reoptimize(root / r.kernel_dir, progress=progress, warn=say)
             refreshed.append(r.kernel_dir)
@@ -257,38 +255,30 @@ def run(hook: str, mode: str, args: list[str], stdin: bytes, cwd: Path | None = 
 
 
 def reoptimize(kernel_dir: Path, progress: Progress = no_progress, warn: Say = lambda s: None) -> Path:
-    """`kopt optimize ... --force` for one kernel, replaying the pool recorded beside it (no LLM needed).
-
-    Samples come from the kernel's samples.jsonl and verdicts from the cache, so an unchanged reference
-    costs nothing; a changed one re-checks the pool against it.
-    """
-    from kopt.check import load_reference, read_report
+    """`kopt optimize ... --force` for one kernel with the sampler and model it was recorded with: new samples
+    for the new reference (the recorded pool was written for the old one). A kernel recorded from a replayed
+    pool has no sampler to ask; the error says which command to run instead."""
+    from kopt.check import read_report
     from kopt.pipeline import OptimizeOptions, RunOptions, optimize
 
-    report = read_report(kernel_dir)
-    samples = kernel_dir / "samples.jsonl"
-    if not samples.is_file():
-        raise KoptError(f"{kernel_dir} has no samples.jsonl to replay",
-                        f"run kopt optimize {report['task'].get('target')} --force with your sampler")
-    task = load_reference(kernel_dir, report)
-    p = report.get("params") or {}
-    copy = kernel_dir.parent / f".{kernel_dir.name}.samples.jsonl"  # the output dir is replaced while replaying
-    copy.write_bytes(samples.read_bytes())
-    try:
-        run = RunOptions(sampler="replay", samples=copy, k=int(p.get("k") or sum(1 for _ in samples.open())),
-                         temperature=float(p.get("temperature") or 0.25), max_tokens=int(p.get("max_tokens") or 2048),
-                         seed=int(p.get("seed") or 0), target=str(report.get("target") or "auto"),
-                         surprisal=str(p.get("surprisal") or "mean"))
-        opts = OptimizeOptions(run=run, select=str(report.get("strategy") or "surprisal-top-m"),
-                               top_m=int(p.get("top_m") or 3), out=kernel_dir, force=True)
-        optimize(task, opts, progress=progress, warn=warn)
-    finally:
-        copy.unlink(missing_ok=True)
+    record = read_report(kernel_dir)
+    if record.sampler in ("", "replay"):
+        raise KoptError(f"{kernel_dir} was recorded from a replayed pool, so there is no model to sample from",
+                        f"run {record.rerecord_command(record.task.target, str(kernel_dir))} with your sampler")
+    task = record.load_reference(kernel_dir)
+    p = record.params
+    run = RunOptions(sampler=record.sampler, model=record.model or None, base_url=p.get("base_url"),
+                     k=int(p.get("k") or 16), temperature=float(p.get("temperature") or 0.25),
+                     max_tokens=int(p.get("max_tokens") or 2048), seed=int(p.get("seed") or 0),
+                     target=record.target or "auto", surprisal=str(p.get("surprisal") or "mean"))
+    opts = OptimizeOptions(run=run, select=record.strategy or "surprisal-top-m", top_m=int(p.get("top_m") or 3),
+                           out=kernel_dir, force=True)
+    optimize(task, opts, progress=progress, warn=warn)
     return kernel_dir
 
 
 def read_stdin(hook: str) -> bytes:
-    """pre-push gets its refs on stdin; pre-merge-commit gets nothing (never block on a terminal)."""
+    """pre-push gets its refs on stdin; the other hooks get nothing (never block on a terminal)."""
     if hook != "pre-push" or sys.stdin is None or sys.stdin.isatty():
         return b""
     return sys.stdin.buffer.read()

@@ -69,7 +69,9 @@ def test_reference_change_is_stale_with_fix_command_and_cached_verdict(repo):
     assert r.verdict is Verdict.STALE and r.stale
     assert r.correctness == "checked" and r.status == "incorrect", r
     assert r.fix.startswith("kopt optimize models/affine.py") and "--force" in r.fix
-    assert "--samples kernels/affine/samples.jsonl" in r.fix
+    # New samples from the recorded model: replaying the old pool cannot produce a kernel for the new reference.
+    assert "--model hand-written" in r.fix and "--k 1" in r.fix and "--out kernels/affine" in r.fix
+    assert "replay" not in r.fix and "samples.jsonl" not in r.fix
     # The verdict is cached by (code, task hash, machine, settings): a re-check spawns nothing.
     t0 = time.perf_counter()
     again = one(run_check(cwd=path, settings=CheckSettings(timing=False)))
@@ -141,3 +143,28 @@ def test_paths_argument(repo):
     assert one(run_check([path / "kernels"], cwd=path)).verdict is Verdict.PASS
     with pytest.raises(KoptError, match="no kernel directory"):
         run_check([path / "models"], cwd=path)
+
+
+def test_kernel_record_round_trips_and_reads_old_reports(repo):
+    from kopt import kernels
+
+    path, _ = repo
+    kdir = path / "kernels" / "affine"
+    data = json.loads((kdir / "report.json").read_text())
+    assert isinstance(data["eval_settings"], dict)  # an object, not a JSON string inside the JSON
+    record = kernels.read(kdir)
+    assert record.to_json() == data
+    assert record.task.class_name == "Model" and record.winner.index == 0
+    assert record.reference_target(kdir) == str(path / "models" / "affine.py")
+    # A report from before the typed record: eval_settings a string, no target_from_kernel_dir, no model_new hash.
+    old = dict(data, eval_settings=json.dumps({"target": "cpu", "atol": 1e-3}))
+    old["task"] = {k: v for k, v in data["task"].items() if k != "target_from_kernel_dir"}
+    old["winner"] = {k: v for k, v in data["winner"].items() if k != "model_new_sha256"}
+    (kdir / "report.json").write_text(json.dumps(old))
+    record = kernels.read(kdir)
+    assert record.eval_settings["atol"] == 1e-3 and record.task.target_from_kernel_dir is None
+    assert not kernels.integrity(kdir, record).edited  # matched by the candidate's code hash instead
+    assert one(run_check(cwd=path)).verdict is Verdict.PASS
+    (kdir / "report.json").write_text("{not json")
+    r = one(run_check(cwd=path))
+    assert r.verdict is Verdict.BROKEN and "unreadable" in r.reason

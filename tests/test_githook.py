@@ -146,3 +146,57 @@ def test_merge_that_corrupts_the_kernel_is_blocked_as_incorrect(setup):
     res, _ = merge(repo, env, "tweak")
     assert res.returncode != 0 and head(repo, env) == before
     assert "incorrect" in res.stderr, res.stderr
+
+
+def stale_ref(r: Path) -> None:
+    (r / "models" / "affine.py").write_text(REF.replace("x * 2.0 + 1.0", "x * 3.0 + 1.0"))
+
+
+def test_git_commit_that_concludes_a_blocked_merge_is_blocked_too(setup):
+    repo, env, _ = setup
+    assert hook_install(repo, env).returncode == 0
+    assert (repo / ".git" / "hooks" / "commit-msg").exists() and (repo / ".git" / "hooks" / "post-merge").exists()
+    branch(repo, env, "ref", stale_ref)
+    before = head(repo, env)
+    res, _ = merge(repo, env, "ref")
+    assert res.returncode != 0 and (repo / ".git" / "MERGE_HEAD").exists()
+    # git's own hint after a failed pre-merge-commit is `git commit`: that must not walk past the check.
+    res = git(repo, "commit", "--no-edit", env=env, check=False)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert head(repo, env) == before and (repo / ".git" / "MERGE_HEAD").exists()
+    assert "kopt commit-msg hook: blocked" in res.stderr and "stale" in res.stderr
+    assert "git commit --no-verify" in res.stderr
+    # An ordinary commit (no merge under way) is not checked and costs nothing.
+    git(repo, "merge", "--abort", env=env)
+    (repo / "NOTES.md").write_text("more notes\n")
+    git(repo, "add", "NOTES.md", env=env)
+    t0 = time.perf_counter()
+    res = git(repo, "commit", "-q", "-m", "notes", env=env, check=False)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_fast_forward_that_brings_a_stale_kernel_warns_with_the_fix(setup):
+    repo, env, _ = setup
+    assert hook_install(repo, env).returncode == 0
+    git(repo, "checkout", "-q", "-b", "ref", env=env)
+    stale_ref(repo)
+    git(repo, "commit", "-qam", "reference change", env=env)
+    git(repo, "checkout", "-q", "main", env=env)
+    res, _ = merge(repo, env, "ref")
+    assert res.returncode == 0  # a fast-forward runs no blocking hook: post-merge can only warn
+    assert "Fast-forward" in res.stdout
+    assert head(repo, env) == git(repo, "rev-parse", "ref", env=env).stdout.strip()
+    assert "warning:" in res.stderr and "stale" in res.stderr and "fast-forward" in res.stderr
+    assert "kopt optimize models/affine.py" in res.stderr and "--sampler replay" not in res.stderr
+
+
+def test_fast_forward_of_unrelated_changes_is_silent(setup):
+    repo, env, _ = setup
+    assert hook_install(repo, env).returncode == 0
+    git(repo, "checkout", "-q", "-b", "docs", env=env)
+    (repo / "README.md").write_text("better docs\n")
+    git(repo, "commit", "-qam", "docs", env=env)
+    git(repo, "checkout", "-q", "main", env=env)
+    res, _ = merge(repo, env, "docs")
+    assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -58,14 +58,18 @@ def render(console, report) -> None:
     """One row per checked kernel; then, for each failure, the command that fixes it; then what was skipped."""
     from rich.table import Table
 
+    from kopt.cli.console import plain
+
     colors = {"pass": "green", "stale": "yellow", "slower": "yellow"}
     if report.results:
         table = Table(title=f"kopt check: {report.selected_by}", title_justify="left")
-        for col in ("kernel", "reference", "verdict", "correctness", "why"):
-            table.add_column(col, overflow="fold")
+        # Paths never wrap mid-name (a reader copies them); the reason wraps between words.
+        for col in ("kernel", "reference", "verdict", "correctness"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("why", overflow="fold", ratio=1)
         for r in report.results:
             color = colors.get(r.verdict.value, "red")
-            why = r.reason or ("unchanged since recorded" if r.correctness == "recorded" else "")
+            why = plain(r.reason) or ("unchanged since recorded" if r.correctness == "recorded" else "")
             table.add_row(r.kernel_dir, r.reference, f"[{color}]{r.verdict.value}[/]", r.correctness, why)
         console.print(table)
     for note in report.notes:

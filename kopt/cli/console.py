@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _width(stream) -> int | None:
+    """A terminal's own width; when stdout is a file or a pipe (CI logs, `| less`), $COLUMNS or 200 rather than
+    rich's 80, so tables are not cut or wrapped mid-path."""
+    try:
+        if stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        pass
+    cols = os.environ.get("COLUMNS", "")
+    return int(cols) if cols.isdigit() and int(cols) > 0 else 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
+
+# Reasons written for kopt's own threat-model table ("...; hack §1 row 13)") keep their plain words only.
+_JARGON_TAIL = re.compile(r"[;,]\s*hack §\d+ row \d+(?=\))")  # "(precision loss; hack §1 row 13)"
+_JARGON_ALONE = re.compile(r"\s*\(hack §\d+ row \d+\)")  # "another name (hack §1 row 8)"
+
+
+def plain(text: str) -> str:
+    """A reason as a user reads it: without references to kopt's internal hack table."""
+    return _JARGON_ALONE.sub("", _JARGON_TAIL.sub("", text or ""))
 
 
 def print_error(message: str, hint: str | None = None) -> None:
@@ -19,7 +44,7 @@ def print_error(message: str, hint: str | None = None) -> None:
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {plain(message)}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -33,6 +58,8 @@ def progress_bars(enabled: bool = True) -> Iterator:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=err_console,
         transient=False,
     )

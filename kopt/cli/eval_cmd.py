@@ -28,7 +28,7 @@ def eval_(
     sets: options.InputList = options.Sets,
 ) -> int:
     """Compile, check and time one candidate. Exit 0 when it is correct, 1 otherwise."""
-    from kopt.cli.console import console, progress_bars
+    from kopt.cli.console import console, plain, progress_bars
     from kopt.errors import KoptError
     from kopt.evaluator import EvalSettings, Evaluator, resolve_target
     from kopt.task import load_task
@@ -58,10 +58,10 @@ def eval_(
             return f"{v:.4g} ms" if v is not None else "-"
 
         color = "green" if result.correct else "red"
-        table.add_row(f"[{color}]{result.status.value}[/]", result.reason or "-", ms(result.runtime_ms),
+        table.add_row(f"[{color}]{result.status.value}[/]", plain(result.reason) or "-", ms(result.runtime_ms),
                       ms(result.reference_runtime_ms), f"{result.speedup:.3g}x" if result.speedup else "-")
         console.print(table)
         for w in result.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            console.print(f"[yellow]warning:[/] {plain(w)}", highlight=False)
         console.print(f"[dim]{fingerprint['device']}, {settings.target}, isolation {fingerprint['isolation']}[/]")
     raise typer.Exit(0 if result.correct else 1)

@@ -1,4 +1,4 @@
-"""`kopt hook install|uninstall|run`: a git hook that runs `kopt check` on what a merge or push changes."""
+"""`kopt hook install|uninstall|run`: git hooks that run `kopt check` on what a merge, commit or push changes."""
 
 from __future__ import annotations
 
@@ -9,45 +9,59 @@ import typer
 
 from kopt.cli.help import App
 
-app = App(help="Install a git hook that blocks merges bringing in stale or broken kernels.",
-                  no_args_is_help=True)
+app = App(help="Install git hooks that block merges bringing in stale or broken kernels (CI's `kopt check --base` "
+          "is the gate: see README).", no_args_is_help=True)
 
-Hook = Literal["pre-merge-commit", "pre-push"]
+HookSet = Literal["merge", "pre-merge-commit", "commit-msg", "post-merge", "pre-push"]
+Hook = Literal["pre-merge-commit", "commit-msg", "post-merge", "pre-push"]
 Mode = Literal["check", "optimize"]
-HookOpt = typer.Option("pre-merge-commit", "--hook", help="pre-merge-commit (runs during `git merge`) or pre-push.")
+HookSetOpt = typer.Option("merge", "--hook", help="merge: pre-merge-commit (blocks `git merge`), commit-msg (blocks the "
+                          "`git commit` that concludes a stopped merge) and post-merge (warns after a fast-forward); "
+                          "or pre-push, or one hook by name.")
+HookOpt = typer.Option("pre-merge-commit", "--hook", help="The hook git ran.")
 
 
 @app.command("install")
 def install(
-    hook: Hook = HookOpt,
-    mode: Mode = typer.Option("check", "--mode", help="check: block stale or broken kernels; optimize: re-record stale kernels from their recorded samples, then block so you can commit them."),
+    hook: HookSet = HookSetOpt,
+    mode: Mode = typer.Option("check", "--mode", help="check: block stale or broken kernels; optimize: re-record stale kernels with their recorded sampler and model, then block so you can commit them."),
 ) -> None:
     """Write .git/hooks/<hook>; a hook already there is kept as <hook>.legacy and still runs first."""
     import sys
 
     from kopt.cli.console import console
+    from kopt.githook import HOOK_SETS
     from kopt.githook import install as do_install
 
-    res = do_install(hook, mode)
-    verb = "updated" if res.updated else "installed"
-    console.print(f"{verb} {res.path} (mode {mode}; runs {sys.executable} -m kopt)", highlight=False)
-    if res.legacy:
-        console.print(f"the hook that was there is kept as {res.legacy} and runs first", highlight=False)
+    for name in HOOK_SETS[hook]:
+        res = do_install(name, mode)
+        verb = "updated" if res.updated else "installed"
+        console.print(f"{verb} {res.path} (mode {mode}; runs {sys.executable} -m kopt)", highlight=False)
+        if res.legacy:
+            console.print(f"  the hook that was there is kept as {res.legacy} and runs first", highlight=False)
+    console.print("a local hook is skipped by --no-verify and absent in fresh clones: run `kopt check --base "
+                  "origin/main` in CI as the gate", highlight=False)
 
 
 @app.command("uninstall")
-def uninstall(hook: str = HookOpt) -> None:
-    """Remove kopt's hook and restore the one it replaced."""
+def uninstall(hook: HookSet = HookSetOpt) -> None:
+    """Remove kopt's hooks and restore the ones they replaced."""
     from kopt.cli.console import console
+    from kopt.githook import HOOK_SETS, is_kopt_hook
     from kopt.githook import uninstall as do_uninstall
 
-    res = do_uninstall(hook)
-    if not res.removed:
-        console.print(f"no hook at {res.path}; nothing to do", highlight=False)
-    elif res.restored:
-        console.print(f"removed kopt's hook; restored the previous {res.restored}", highlight=False)
-    else:
-        console.print(f"removed {res.path}", highlight=False)
+    for name in HOOK_SETS[hook]:
+        from kopt.git import hooks_dir, open_repo
+
+        if hook == "merge" and not is_kopt_hook(hooks_dir(open_repo(None)) / name):
+            continue  # part of the set that was never installed (or is someone else's): leave it alone
+        res = do_uninstall(name)
+        if not res.removed:
+            console.print(f"no hook at {res.path}; nothing to do", highlight=False)
+        elif res.restored:
+            console.print(f"removed kopt's {name} hook; restored the previous one", highlight=False)
+        else:
+            console.print(f"removed {res.path}", highlight=False)
 
 
 @app.command("run", hidden=True)
@@ -64,11 +78,19 @@ def run(
 
     outcome = run_hook(hook, mode, list(args or []), read_stdin(hook), cwd=Path.cwd(),
                        say=lambda s: err_console.print(s, highlight=False))
-    if outcome.report is not None and (outcome.report.results or outcome.exit_code):
+    quiet_pass = outcome.warn_only and outcome.report is not None and not outcome.report.failed
+    if outcome.report is not None and (outcome.report.results or outcome.exit_code) and not quiet_pass:
         render(err_console, outcome.report)
     for m in outcome.messages:
         err_console.print(m, highlight=False, soft_wrap=True)
+    if outcome.warn_only and outcome.report is not None and outcome.report.failed:
+        from kopt.cli.console import print_warning
+
+        print_warning("this merge brought kernels that fail `kopt check` (a fast-forward or --no-verify merge runs "
+                      "no blocking hook); fix them with the commands above and commit")
     if outcome.exit_code:
-        git_cmd = "merge" if hook == "pre-merge-commit" else "push"
+        from kopt.githook import BLOCKING
+
+        git_cmd = BLOCKING.get(hook, "merge")
         print_error(f"kopt {hook} hook: blocked", f"fix the kernels above, or skip once with `git {git_cmd} --no-verify`")
     return outcome.exit_code
