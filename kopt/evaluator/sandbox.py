@@ -63,7 +63,6 @@ def _real_root() -> bool:
         return True
 
 
-@functools.lru_cache(maxsize=1)
 def _jail_root() -> str:
     # An empty dir the jail mounts its tmpfs root on (inside its own mount namespace; the host sees nothing).
     d = os.path.join(tempfile.gettempdir(), f"kopt-jail-root-{os.geteuid()}")
@@ -80,11 +79,9 @@ def _wrap(cmd: list[str], level: str, plan: sandbox_fs.Plan, env: dict[str, str]
     if level == "bwrap":
         return sandbox_fs.bwrap_args(plan, env) + cmd
     if level == "unshare":
-        import json
-
         uid = SANDBOX_UID if _real_root() else None
-        cfg = sandbox_fs.jail_config(plan, uid=uid, gid=uid, root=_jail_root())
-        return _unshare_prefix() + [sys.executable, "-I", "-S", str(sandbox_fs.JAIL), json.dumps(cfg), "--"] + cmd
+        args = sandbox_fs.jail_args(plan, uid=uid, gid=uid, root=_jail_root())
+        return _unshare_prefix() + [sys.executable, "-I", "-S", str(sandbox_fs.JAIL), *args, "--"] + cmd
     return cmd
 
 

@@ -164,7 +164,14 @@ def bwrap_args(p: Plan, env: dict[str, str]) -> list[str]:
     return out + ["--remount-ro", "/", "--chdir", p.work, "--"]
 
 
-def jail_config(p: Plan, *, uid: int | None, gid: int | None, root: str) -> dict:
-    """The same plan for kopt_child/jail.py (the fallback without bubblewrap)."""
-    return {"root": root, "ro": p.ro, "rw": p.rw, "symlinks": p.symlinks, "devs": list(DEV_NODES) + list(p.devs),
-            "tmp_mb": p.tmp_mb, "shm_mb": p.shm_mb, "cwd": p.work, "uid": uid, "gid": gid, "masks": p.masks}
+def jail_args(p: Plan, *, uid: int | None, gid: int | None, root: str) -> list[str]:
+    """The same plan for kopt_child/jail.py (the fallback without bubblewrap), as KEY=VALUE arguments."""
+    sep = "\x1f"
+    paths = [root, p.work, *(x for pair in (*p.ro, *p.rw, *p.symlinks) for x in pair), *p.devs, *p.masks]
+    if any(sep in x or "\0" in x for x in paths):
+        raise ValueError("a sandbox path holds a control character")
+    out = [f"root={root}", f"cwd={p.work}", f"tmp_mb={p.tmp_mb}", f"shm_mb={p.shm_mb}",
+           f"uid={'' if uid is None else uid}", f"gid={'' if gid is None else gid}"]
+    for key, pairs in (("ro", p.ro), ("rw", p.rw), ("sym", p.symlinks)):
+        out += [f"{key}={a}{sep}{b}" for a, b in pairs]
+    return out + [f"dev={d}" for d in list(DEV_NODES) + list(p.devs)] + [f"mask={m}" for m in p.masks]

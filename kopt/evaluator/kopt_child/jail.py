@@ -1,7 +1,7 @@
 """The fallback sandbox's trusted launcher, for machines without bubblewrap (stdlib only, no kopt imports).
 
 kopt runs it as `unshare --mount --pid --net --ipc --uts --fork [--user --map-root-user] python -I -S jail.py
-CONFIG_JSON -- CMD...`: it is PID 1 of a fresh PID namespace, in its own mount, network, IPC and UTS namespaces,
+KEY=VALUE... -- CMD...`: it is PID 1 of a fresh PID namespace, in its own mount, network, IPC and UTS namespaces,
 before any untrusted code. It builds the allowlisted root (bind mounts, then read-only remounts; a fresh /proc;
 a minimal /dev; size-limited tmpfs for /tmp and /dev/shm), pivot_roots into it and detaches the old root, then
 drops privilege for good: as real root it switches to an unprivileged uid/gid (no supplementary groups) so
@@ -13,7 +13,6 @@ Then it execs CMD. Any failure exits 126 with one line on stderr, before CMD run
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import sys
 
@@ -79,7 +78,7 @@ def build_root(cfg: dict) -> None:
             os.symlink(target, full)
     for src, dst in cfg["ro"]:
         bind(src, root + dst, readonly=True)
-    for path in cfg.get("masks", ()):  # hidden: an empty read-only tmpfs over it
+    for path in cfg["masks"]:  # hidden: an empty read-only tmpfs over it
         mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
         mount(None, root + path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     os.makedirs(root + "/proc", exist_ok=True)
@@ -145,11 +144,33 @@ def drop_privilege(uid: int | None, gid: int | None) -> None:
         raise JailError(f"capabilities left: {caps}")
 
 
+SEP = "\x1f"  # between the two paths of a pair (no real path holds it; the parent refuses any that does)
+_LISTS = {"ro": "ro", "rw": "rw", "sym": "symlinks", "dev": "devs", "mask": "masks"}
+
+
+def parse(args: list[str]) -> dict:
+    """KEY=VALUE arguments (json would cost the import of re and enum on every child's start)."""
+    cfg: dict = {v: [] for v in _LISTS.values()}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in _LISTS:
+            cfg[_LISTS[key]].append(value.split(SEP) if SEP in value else value)
+        elif key in ("tmp_mb", "shm_mb"):
+            cfg[key] = int(value)
+        elif key in ("uid", "gid"):
+            cfg[key] = int(value) if value else None
+        elif key in ("root", "cwd"):
+            cfg[key] = value
+        else:
+            raise JailError(f"unknown setting {key!r}")
+    return cfg
+
+
 def main(argv: list[str]) -> None:
-    cfg = json.loads(argv[1])
-    if argv[2] != "--" or len(argv) < 4:
-        raise JailError("usage: jail.py CONFIG -- CMD...")
-    cmd = argv[3:]
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        raise JailError("usage: jail.py KEY=VALUE... -- CMD...")
+    cfg = parse(argv[1:argv.index("--")])
+    cmd = argv[argv.index("--") + 1:]
     build_root(cfg)
     pivot(cfg["root"])
     try:
