@@ -191,6 +191,9 @@ def test_fan_in_counts_what_one_output_element_depends_on():
 
     run = run_oracle(InPlace(), [x])
     assert run.error == "" and run.fan_in == (None,) and run.outputs[0].dtype == torch.float64
+    assert bool((x < 0).any())  # the float64 copy was modified in place, not the caller's tensor
+    quick = run_oracle(nn.Softmax(dim=1), [x], with_fan_in=False)
+    assert quick.fan_in == (None,) and torch.allclose(quick.outputs[0], torch.softmax(x.double(), 1))
 
 
 def test_tf32_and_bf16_inputs_in_an_fp32_matmul_fail_naive_order_passes():

@@ -112,11 +112,13 @@ def float64_model(model):
     return twin
 
 
-def run_oracle(model, inputs, *, device: str = "cpu") -> OracleRun:
+def run_oracle(model, inputs, *, device: str = "cpu", with_fan_in: bool = True) -> OracleRun:
     """Run `model` in float64 on float64 copies of `inputs`; `model` and `inputs` are left untouched.
 
     Call it with the same model (same parameters) and the same inputs as the ordinary reference run. A model
     that cannot run in float64 (an op without a double kernel, a dtype it hard-codes) gives OracleRun(error=...).
+    `with_fan_in` runs the forward with autograd on and one backward per output to measure each output's
+    fan-in; pass False for further input sets of the same shape (fan_in is then all None: reuse the first's).
     """
     import torch
 
@@ -125,9 +127,13 @@ def run_oracle(model, inputs, *, device: str = "cpu") -> OracleRun:
         args = [to_float64(x, torch) for x in inputs]
         args = [x.to(device) if isinstance(x, torch.Tensor) else x for x in args]
         fans: tuple = ()
-        try:  # one forward with autograd on: the outputs and, from its graph, each output's fan-in
-            out, fans = _forward_with_fan_in(twin, args, torch)
-        except Exception:  # noqa: BLE001 - not differentiable (in-place on an input, no_grad inside): no fan-in
+        out = None
+        if with_fan_in:
+            try:  # one forward with autograd on: the outputs and, from its graph, each output's fan-in
+                out, fans = _forward_with_fan_in(twin, args, torch)
+            except Exception:  # noqa: BLE001 - not differentiable (in-place on an input, no_grad inside)
+                out, fans = None, ()
+        if out is None:
             with torch.no_grad():
                 out = twin(*[x.detach() if isinstance(x, torch.Tensor) else x for x in args])
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
