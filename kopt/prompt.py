@@ -24,7 +24,6 @@ from pathlib import Path
 from kopt.errors import KoptError
 from kopt.task import Task
 
-TARGETS = ("cpu", "cuda")
 PLACEHOLDERS = ("reference_source", "task_name")
 
 _SYSTEM_MARK = "[system]"
@@ -42,7 +41,7 @@ class Prompt:
 
     system: str | None
     user: str
-    target: str  # "cpu" | "cuda"
+    target: str  # a target name (kopt.evaluator.targets)
     hash: str
 
     def as_text(self) -> str:
@@ -98,13 +97,14 @@ def _render(template_text: str, origin: str, values: dict[str, str]) -> str:
 
 
 def build_prompt(task: Task, target: str, template: Path | None = None) -> Prompt:
-    """The one-shot prompt for `task` on `target` ("cpu" | "cuda"), or from a user's template file."""
-    if target not in TARGETS:
-        raise KoptError(f"unknown target {target!r} for the prompt", f"use one of {', '.join(TARGETS)}")
+    """The one-shot prompt for `task` on `target` (its template is the target's PROMPT_TEMPLATE), or from a
+    user's template file."""
+    from kopt.evaluator.targets import get_target
+
+    name = get_target(target).PROMPT_TEMPLATE  # an unknown target is refused here
     if template is None:
         from kopt.resources import read_template
 
-        name = f"prompt_{target}.txt"
         text, origin = read_template(name), name
     else:
         path = Path(template)

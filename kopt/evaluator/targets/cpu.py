@@ -9,6 +9,8 @@ import subprocess
 import time
 
 NAME = "cpu"
+GPU = False  # kernels run on the host; no device is needed to time them
+PROMPT_TEMPLATE = "prompt_cpu.txt"  # templates/: what the sampler is asked to write for this target
 # kopt owns the flags (hacking-and-sandbox.md TL;DR 4): candidate-supplied flags are dropped.
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)

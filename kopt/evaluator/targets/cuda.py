@@ -16,6 +16,8 @@ import subprocess
 import time
 
 NAME = "cuda"
+GPU = True  # checking and timing need a CUDA device; without one kopt only compiles
+PROMPT_TEMPLATE = "prompt_cuda.txt"  # templates/: what the sampler is asked to write for this target
 CFLAGS = ("-O3", "-march=native", "-fopenmp")  # host side of main.cpp; same as cpu so the PCH is shared
 LDFLAGS = ("-fopenmp",)
 CUDA_CFLAGS = ("-O3",)
