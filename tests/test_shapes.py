@@ -185,3 +185,14 @@ def test_a_size_that_needs_a_factor_gets_three_halves():
     assert [v.description for v in chosen] == ["batch_size 2->3, in_channels 32->48, height 12->13, width 14->15"]
     assert chosen[0].complete and "in_channels 3/2 as large" in notes[-1]
     assert _shapes(chosen[0].source) == [(3, 48, 13, 15)]
+
+
+def test_reference_accepts_gives_the_task_its_file(tmp_path: Path):
+    (tmp_path / "n.txt").write_text("3")
+    src = ("import torch, os\nk = int(open(os.path.join(os.path.dirname(__file__), 'n.txt')).read())\nm = 6\n"
+           "class Model(torch.nn.Module):\n    def forward(self, x):\n        return x * k\n"
+           "def get_inputs():\n    return [torch.rand(m)]\ndef get_init_inputs():\n    return []\n")
+    v = shape_variants(src)[0]
+    assert v.description == "m 6->7"
+    assert reference_accepts(v.source) is not None  # no __file__: the task cannot find its data
+    assert reference_accepts(v.source, filename=str(tmp_path / "task.py")) is None

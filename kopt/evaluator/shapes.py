@@ -312,16 +312,19 @@ def choose(task_source: str, accepts: Callable[[str], str | None]) -> tuple[list
     return good, notes
 
 
-def reference_accepts(source: str, *, name: str = "kopt_shape_variant") -> str | None:
+def reference_accepts(source: str, *, name: str = "kopt_shape_variant", filename: str | None = None) -> str | None:
     """Run a (trusted) task source's Model once on its own get_inputs(): None when it runs, else the reason
-    in one line. It executes the source in this process: for the trusted reference process and tests only."""
+    in one line. It executes the source in this process: for the trusted reference process and tests only.
+    `filename` becomes the module's __file__ (for a task that finds its own files through it)."""
     import types
 
     import torch
 
     module = types.ModuleType(name)
+    if filename:
+        module.__file__ = filename
     try:
-        exec(compile(source, f"<{name}>", "exec"), module.__dict__)  # noqa: S102 - the task is the user's own
+        exec(compile(source, filename or f"<{name}>", "exec"), module.__dict__)  # noqa: S102 - the user's task
         init = module.get_init_inputs()
         model = module.Model(**init) if isinstance(init, dict) else module.Model(*init)
         with torch.no_grad():
