@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -210,3 +211,28 @@ def write_failure(pool, report: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def failure_message(report: dict[str, Any], report_path: Path, top: int = 3) -> tuple[str, str]:
+    """(message, hint) for a pool with no correct candidate: counts that add up, the most common reasons by
+    count, and where every verdict was written."""
+    from collections import Counter
+
+    cands = report["candidates"]
+    unique = [c for c in cands if c.get("duplicate_of") is None]
+    counts = Counter(c["status"] for c in unique)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.most_common())
+    dups = len(cands) - len(unique)
+    message = (f"no correct candidate among {len(cands)} samples ({len(unique)} unique"
+               f"{f' + {dups} duplicate' + ('s' if dups != 1 else '') if dups else ''}: {summary})")
+    reasons: Counter[tuple[str, str]] = Counter()
+    example: dict[tuple[str, str], str] = {}
+    for c in unique:
+        first = ((c.get("reason") or "").strip().splitlines() or [""])[0]
+        key = (c["status"], re.sub(r"[-+]?\d[\d.e+-]*", "#", first)[:80])  # same reason, other numbers
+        reasons[key] += 1
+        example.setdefault(key, first[:120])
+    tops = [f"{n}x {status}: {example[(status, k)] or 'no reason given'}"
+            for (status, k), n in reasons.most_common(top)]
+    hint = f"top reasons: {'; '.join(tops)}. Every candidate's verdict: {report_path}"
+    return message, hint

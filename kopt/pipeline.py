@@ -122,12 +122,7 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
         report["baseline"] = options.baseline
         pool.cache.save_run_stats(f"optimize {task.target}")
         if sel.winner is None:
-            counts = _status_counts(pool)
-            summary = ", ".join(f"{n} {s}" for s, n in counts.most_common())
-            err = _most_common_compile_error(pool)
-            hint = f"most common compile error: {err}" if err else "try a larger --k or a different model"
-            output.write_failure(pool, report)
-            raise KoptError(f"no correct candidate among {len(pool.candidates)} samples ({summary})", hint)
+            raise KoptError(*output.failure_message(report, output.write_failure(pool, report)))
         r = pool.result_for(sel.winner)
         report["winner"] = {**report["winner"], "speedup_vs_eager": r.speedup,
                             "speedup_vs_compile": r.speedup_vs_compile,

@@ -33,22 +33,60 @@ _INPUT_RE = re.compile(
 )
 
 
+INPUT_FORMS = ('a tensor DTYPE[D0,D1,...] with an optional generator :randn (default for floats), :rand, '
+               ':ones, :zeros or :randint(LO,HI) (default for ints), e.g. "float32[512,1024]", "float32[]" (a 0-d '
+               'tensor), "int64[32]:randint(0,100)"; or a Python scalar: 0.5, int:3, float:2, bool:true')
+_SCALAR_RE = re.compile(r"^\s*(?:(?P<type>int|float|bool)\s*:\s*)?(?P<value>[^\s\[\]:]+)\s*$")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """One `--input`, e.g. `float32[512,1024]` (random normal) or `int64[32]:randint(0,100)`."""
+    """One `--input`: a tensor, e.g. `float32[512,1024]` (random normal) or `int64[32]:randint(0,100)`, or a
+    Python scalar passed to forward as is (`0.5`, `int:3`, `bool:true`)."""
 
-    dtype: str
+    dtype: str  # a torch dtype name for tensors; "int", "float" or "bool" for scalars
     shape: tuple[int, ...]
-    kind: str = "randn"  # randn | rand | randint | ones | zeros
+    kind: str = "randn"  # randn | rand | randint | ones | zeros | scalar
     args: tuple[float, ...] = ()
+    value: float | int | bool | None = None  # kind == "scalar"
 
     def to_python(self) -> str:
+        if self.kind == "scalar":
+            return repr(self.value)
         return f"_kopt_tensor({self.dtype!r}, {list(self.shape)!r}, {self.kind!r}, {list(self.args)!r})"
 
 
+def _parse_scalar(spec: str) -> InputSpec | None:
+    """`0.5`, `3` (an int), `int:3`, `float:2`, `bool:true`, `true`/`false`; None when `spec` is not a scalar."""
+    m = _SCALAR_RE.match(spec)
+    if not m:
+        return None
+    kind, raw = m["type"], m["value"]
+    low = raw.lower()
+    if kind == "bool" or (kind is None and low in ("true", "false")):
+        if low not in ("true", "false", "1", "0"):
+            raise TaskError(f"--input {spec!r}: {raw!r} is not a bool", "write bool:true or bool:false")
+        return InputSpec(dtype="bool", shape=(), kind="scalar", value=low in ("true", "1"))
+    try:
+        number = float(raw)
+    except ValueError:
+        if kind is not None:
+            raise TaskError(f"--input {spec!r}: {raw!r} is not a number", f"e.g. {kind}:3") from None
+        return None
+    if kind == "int" or (kind is None and re.fullmatch(r"[+-]?\d+", raw)):
+        if not number.is_integer():
+            raise TaskError(f"--input {spec!r}: {raw!r} is not an integer", "e.g. int:3, or float:2.5")
+        return InputSpec(dtype="int", shape=(), kind="scalar", value=int(number))
+    return InputSpec(dtype="float", shape=(), kind="scalar", value=number)
+
+
 def parse_input(spec: str) -> InputSpec:
-    """Parse one `--input` string; raise TaskError naming the problem and the accepted form."""
-    form = 'expected DTYPE[D0,D1,...] with an optional ":randint(LO,HI)", e.g. "float32[512,1024]"'
+    """Parse one `--input` string; raise TaskError naming the problem and the accepted forms."""
+    form = INPUT_FORMS
+    if "[" not in spec:
+        scalar = _parse_scalar(spec)
+        if scalar is not None:
+            return scalar
     m = _INPUT_RE.match(spec)
     if not m:
         raise TaskError(f"cannot parse --input {spec!r}", form)
@@ -149,7 +187,7 @@ def _split_target(target: str) -> tuple[Path, str | None]:
     return Path(target), None
 
 
-def _apply_sets(source: str, sets: dict[str, Any], path: Path) -> str:
+def apply_sets(source: str, sets: dict[str, Any], path: Path) -> str:
     """Rewrite module-level `NAME = ...` assignments so derived constants recompute from the new value."""
     if not sets:
         return source
@@ -256,7 +294,7 @@ def load_task(
             f"{path} has no get_inputs() and no --input was given",
             'describe each forward argument, e.g. --input "float32[512,1024]" (repeatable, in order)',
         )
-    body = _apply_sets(original, set_values, path)
+    body = apply_sets(original, set_values, path)
     # A task that kopt itself generated already has a footer: regenerate it instead of stacking another.
     if FOOTER_MARK in body and (specs is not None or init is not None or class_name != "Model"):
         body = body.split(FOOTER_MARK)[0].rstrip() + "\n"
@@ -278,6 +316,9 @@ def load_task(
         inputs=tuple(inputs or ()),
         init_args=init_args,
     )
+
+
+_apply_sets = apply_sets  # the evaluator's old import; remove once it imports apply_sets
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,61 @@ def test_ctrl_c_under_a_terminal_says_how_to_resume_and_stops_the_bars(tmp_path,
     assert time.monotonic() - sent_at < 20, "kopt kept running after Ctrl-C"
     assert time.monotonic() - t0 < 200
     assert not (tmp_path / "out").exists()
+
+
+def _report(tmp_path: Path) -> dict:
+    out = tmp_path / "kernels" / "op"
+    out.mkdir(parents=True)
+    for name in ("model_new.py", "kernel.cpp", "report.json", "README.md", "samples.jsonl"):
+        (out / name).write_text("x\n")
+
+    def cand(i, status, runtime=None, dup=None, reason=""):
+        return {"index": i, "status": status, "surprisal": 0.1 * i, "runtime_ms": runtime,
+                "runtime_iqr_ms": runtime * 0.5 if runtime else None, "speedup": 2.0 / runtime if runtime else None,
+                "duplicate_of": dup, "reason": reason}
+
+    cands = [cand(0, "correct", 1.0), cand(1, "correct", 2.0), cand(2, "correct", 1.0, dup=0),
+             cand(3, "incorrect", reason="output 0 differs: max abs err 0.5 at (1, 2)"),
+             cand(4, "incorrect", reason="output 0 differs: max abs err 0.7 at (3, 1)"),
+             cand(5, "compile_error", reason="error: 'foo' was not declared")]
+    return {"task": {"name": "op"}, "strategy": "surprisal-top-m", "candidates": cands, "timed": [0, 1],
+            "winner": {"index": 0, "runtime_ms": 1.0, "runtime_iqr_ms": 0.5, "reference_runtime_ms": 2.0,
+                       "speedup": 2.0}, "out_dir": str(out)}
+
+
+def test_optimize_summary_adds_up_and_lists_what_it_wrote(tmp_path):
+    from rich.console import Console
+
+    from kopt.cli.summary import render_optimize
+
+    console = Console(width=200, record=True)
+    render_optimize(console, _report(tmp_path))
+    text = console.export_text()
+    assert "pool: 6 samples = 5 unique + 1 duplicate; unique: 2 correct, 2 incorrect, 1 compile_error" in text
+    assert "timed 2 of the 2 unique correct candidates" in text
+    assert "same code as #2" in text and re.search(r"^\s*2\s+correct", text, re.M) is None  # no row of its own
+    assert "note" in text and "spread" in text  # every column has a header
+    assert "wrote " in text and "kernel.cpp, model_new.py, report.json, samples.jsonl" in text
+    assert "too wide to rank" in text  # IQR of half the median
+
+
+def test_failed_optimize_names_the_top_reasons_by_count_and_the_run_dir(tmp_path):
+    from kopt.output import failure_message
+
+    report = _report(tmp_path)
+    for c in report["candidates"][:3]:
+        c["status"] = "incorrect"
+        c["reason"] = "output 0 differs: max abs err 0.9 at (0, 0)"
+    message, hint = failure_message(report, tmp_path / "runs" / "op" / "report.json")
+    assert message == "no correct candidate among 6 samples (5 unique + 1 duplicate: 4 incorrect, 1 compile_error)"
+    assert hint.startswith("top reasons: 4x incorrect: output 0 differs") and "1x compile_error" in hint
+    assert str(tmp_path / "runs" / "op" / "report.json") in hint
+
+
+def test_a_warning_is_not_repeated_as_the_error(capsys):
+    from kopt.cli import console
+
+    console.print_warning("no CUDA device here; use --target cpu")
+    console.print_error("no CUDA device here; use --target cpu", "e.g. --target cpu")
+    err = capsys.readouterr().err
+    assert err.count("no CUDA device here") == 1 and "see the warning above" in err

@@ -160,7 +160,8 @@ def test_no_correct_candidate_exits_1_with_counts(home, tmp_path):
     proc = kopt(args, home, tmp_path)
     assert proc.returncode == 1
     assert "no correct candidate" in proc.stderr and "compile_error" in proc.stderr and "incorrect" in proc.stderr
-    assert "most common compile error" in proc.stderr
+    # The reasons by count, and where every candidate's verdict was written (the run dir).
+    assert "top reasons:" in proc.stderr and "x incorrect:" in proc.stderr and "report.json" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -155,3 +155,76 @@ def test_help_is_fast():
                            capture_output=True, text=True)
     assert check.stdout.strip() == "[]", check.stdout
     assert time.perf_counter() - t0 < 30
+
+
+def test_init_copies_only_the_class_asked_for_and_what_it_needs(tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text(textwrap.dedent(
+        """
+        import math
+        import torch
+        import torch.nn as nn
+
+        SCALE = 2.0
+
+
+        def helper(x):
+            return x * SCALE
+
+
+        class Op(nn.Module):
+            def forward(self, x):
+                return helper(x) + math.pi
+
+
+        class Network(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.op = Op()
+
+
+        def train():
+            raise SystemExit("training loop")
+
+
+        if __name__ == "__main__":
+            train()
+        """))
+    out = tmp_path / "op_task.py"
+    proc = subprocess.run(KOPT + ["init", f"{src}:Op", "--input", "float32[2,3]", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "class Op" in text and "def helper" in text and "SCALE = 2.0" in text and "import math" in text
+    assert "class Network" not in text and "def train" not in text and "training loop" not in text
+    run = subprocess.run([sys.executable, str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0 and "shape (2, 3)" in run.stdout, run.stderr
+
+
+def test_parse_input_scalars():
+    assert parse_input("0.5").to_python() == "0.5"
+    assert parse_input("int:3").to_python() == "3" and parse_input("3").kind == "scalar"
+    assert parse_input("float:2").to_python() == "2.0"
+    assert parse_input("bool:true").to_python() == "True" and parse_input("false").to_python() == "False"
+    assert parse_input("float32[]").shape == () and parse_input("float32[]").kind == "randn"
+    with pytest.raises(TaskError, match="not an integer"):
+        parse_input("int:3.5")
+    with pytest.raises(TaskError) as e:
+        parse_input("nonsense")
+    assert ":rand" in e.value.hint and ":ones" in e.value.hint and ":zeros" in e.value.hint and "int:3" in e.value.hint
+
+
+def test_scalar_inputs_reach_forward(tmp_path):
+    src = tmp_path / "scaled.py"
+    src.write_text(textwrap.dedent(
+        """
+        import torch.nn as nn
+
+
+        class Scaled(nn.Module):
+            def forward(self, x, alpha: float, times: int, flip: bool):
+                assert isinstance(alpha, float) and isinstance(times, int) and isinstance(flip, bool)
+                return (-x if flip else x) * alpha * times
+        """))
+    task = load_task(f"{src}:Scaled", inputs=["float32[4,2]", "0.5", "int:3", "bool:true"])
+    assert probe_task(task).outputs == (((4, 2), "float32"),)

@@ -37,14 +37,23 @@ def plain(text: str) -> str:
     return _JARGON_ALONE.sub("", _JARGON_TAIL.sub("", text or ""))
 
 
+_warned: set[str] = set()  # warnings already on screen (printed above the progress bars)
+
+
 def print_error(message: str, hint: str | None = None) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One red line and a hint. A message already shown as a warning above the bars is not repeated."""
+    text = plain(message)
+    if text in _warned:
+        text = "stopped: see the warning above"
+    err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]hint:[/] {plain(hint)}", highlight=False, soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {plain(message)}", highlight=False, soft_wrap=True)
+    text = plain(message)
+    _warned.add(text)
+    err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

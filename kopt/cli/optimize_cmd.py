@@ -44,39 +44,6 @@ def optimize(
 
 
 def render(console, report: dict) -> None:
-    from rich.table import Table
+    from kopt.cli.summary import render_optimize
 
-    w = report["winner"]
-    table = Table(title=f"{report['task']['name']}: best candidates ({report['strategy']})", show_lines=False)
-    for col in ("sample", "status", "surprisal", "runtime ms", "speedup", ""):
-        table.add_column(col, justify="right" if col not in ("status", "") else "left")
-    rows = [c for c in report["candidates"] if c["runtime_ms"] is not None]
-    rows.sort(key=lambda c: c["runtime_ms"])
-    for c in rows[:8]:
-        mark = "winner" if c["index"] == w["index"] else ""
-        surprisal = f"{c['surprisal']:.3f}" if c["surprisal"] is not None else "-"
-        table.add_row(str(c["index"]), c["status"], surprisal, f"{c['runtime_ms']:.4g}",
-                      f"{c['speedup']:.2f}x" if c["speedup"] else "-", mark)
-    console.print(table)
-    counts: dict[str, int] = {}
-    for c in report["candidates"]:
-        counts[c["status"]] = counts.get(c["status"], 0) + 1
-    console.print("pool: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1])))
-    ev = report.get("evaluation") or {}
-    if ev:
-        console.print(f"evaluation ({ev.get('mode')}): {ev.get('unique')} unique candidates, {ev.get('compiled')} "
-                      f"compiled, {ev.get('checked')} checked, {ev.get('timed')} timed, {ev.get('skipped')} skipped"
-                      + (f" ({ev['why']})" if ev.get("why") else ""))
-    ref = w.get("reference_runtime_ms")
-    console.print(
-        f"winner: sample {w['index']}, {w['runtime_ms']:.4g} ms vs reference {ref:.4g} ms -> "
-        f"[bold]{w['speedup']:.2f}x[/] (timed {len(report['timed'])} of "
-        f"{sum(1 for c in report['candidates'] if c['status'] == 'correct' and c['duplicate_of'] is None)} correct)"
-    )
-    vs_compile = w.get("speedup_vs_compile")
-    if vs_compile is not None:
-        verdict = "beats" if vs_compile > 1.0 else "does not beat"
-        console.print(f"vs torch.compile: {vs_compile:.2f}x: the winner {verdict} torch.compile")
-    else:
-        console.print("vs torch.compile: not measured (speedups are against eager PyTorch)")
-    console.print(f"wrote {report['out_dir']}/ (model_new.py, report.json, README.md)")
+    render_optimize(console, report)
