@@ -137,6 +137,24 @@ def _v2_base() -> str | None:
     return None
 
 
+_swept: set[str] = set()
+
+
+def _sweep(parent: str) -> None:
+    """Remove empty cgroups left by kopt processes that died without reaping their children (once per dir)."""
+    if parent in _swept:
+        return
+    _swept.add(parent)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "kopt" and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
+            _rmdir(os.path.join(parent, name))
+
+
 def create(*, pids_max: int, memory_bytes: int | None) -> ChildCgroup:
     """A fresh cgroup for one child with its limits written, or a 'rlimits' stand-in when none can be made."""
     if os.environ.get("KOPT_CGROUP") == "off":
@@ -145,6 +163,7 @@ def create(*, pids_max: int, memory_bytes: int | None) -> ChildCgroup:
     base2 = _v2_base()
     if base2:
         d = os.path.join(base2, name)
+        _sweep(base2)
         try:
             os.mkdir(d)
             _write(d, "pids.max", str(pids_max))
@@ -163,6 +182,7 @@ def create(*, pids_max: int, memory_bytes: int | None) -> ChildCgroup:
                     continue
                 raise OSError(f"no writable v1 {ctl} hierarchy")
             d = os.path.join(parent, name)
+            _sweep(parent)
             os.mkdir(d)
             dirs[ctl] = d
         _write(dirs["pids"], "pids.max", str(pids_max))

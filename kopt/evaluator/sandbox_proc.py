@@ -29,7 +29,7 @@ class Limits:
     as_mb: int | None = None
     fsize_mb: int = 2048
     nofile: int = 1024
-    pids: int = 256  # cgroup pids.max: processes + threads of the whole tree
+    pids: int = 512  # cgroup pids.max: processes + threads of the whole tree (torch, inductor workers)
     memory_mb: int | None = None  # cgroup memory limit (tmpfs and shmem count); None: from rss_mb
     rss_mb: int | None = None  # the watchdog's resident-memory limit over the tree
     work_mb: int = 4096  # the work dir's size (the watchdog), on top of RLIMIT_FSIZE per file
@@ -172,6 +172,16 @@ def give_to(work: Path, writable: Sequence[str], readonly: Sequence[str], uid: i
             pass
 
 
+def _abandon(proc: subprocess.Popen, cg) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        cg.kill_all()
+    cg.remove()
+
+
 class Reader(threading.Thread):
     """Drains one pipe: keeps the first KEEP_BYTES, counts the rest, stamps KOPT-MARK lines."""
 
@@ -234,6 +244,8 @@ class Sandboxed:
         self._watch = threading.Thread(target=self._watchdog, daemon=True)
         self._watch.start()
         LIVE.add(self)
+        # A child its owner drops without finish() must not keep running or keep its cgroup.
+        weakref.finalize(self, _abandon, self._proc, cg)
 
     def launcher_pid(self) -> int | None:
         """The pid kopt started (the sandbox's launcher); its tree is the whole child."""
