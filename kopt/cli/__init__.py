@@ -26,6 +26,10 @@ app.add_typer(hook_cmd.app, name="hook")
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     from kopt.cli.boundary import run
 
+    # transformers and huggingface_hub draw their own tqdm bars above kopt's; kopt's bars say what is happening.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     sys.exit(run(app, argv))

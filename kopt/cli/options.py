@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-Inputs = typer.Option(None, "--input", help='Forward argument, repeatable, in order: "float32[512,1024]" or "int64[32]:randint(0,100)".')
+Inputs = typer.Option(None, "--input", help='Forward argument, repeatable, in order: a tensor "float32[512,1024]" (randn; or :rand, :ones, :zeros), "int64[32]:randint(0,100)", "float32[]" (0-d), or a scalar: 0.5, int:3, bool:true.')
 InitArgs = typer.Option(None, "--init-args", help="Constructor arguments as JSON: '[1024, 1e-6]' or '{\"dim\": 1024}'.")
 Sets = typer.Option(None, "--set", help="Override a module-level constant of the task file: NAME=VALUE (repeatable).")
 Target = typer.Option(None, "--target", help="Where kernels run: auto (cuda if present, else cpu), cuda or cpu.")

@@ -101,3 +101,7 @@ def render_optimize(console, report: dict[str, Any]) -> None:
     files = written_files(report.get("out_dir"))
     listing = ", ".join(files) if files else "model_new.py, report.json, README.md"
     console.print(f"wrote {report['out_dir']}/: {listing}", highlight=False)
+    from kopt.config import kopt_home
+
+    console.print(f"[dim]samples and verdicts cached in {kopt_home()} ($KOPT_HOME): the same command again samples "
+                  "and compiles nothing[/]", highlight=False)

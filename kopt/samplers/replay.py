@@ -69,6 +69,6 @@ class ReplaySampler(Sampler):
         samples = self._read(need)
         if len(samples) < need:
             raise KoptError(f"{self.path} has {len(samples)} samples, but {need} were asked for",
-                            f"pass -k {len(samples)} or a file with more lines")
+                            f"pass --k {len(samples)} or a file with more lines")
         for i in indices:
             yield i, samples[i]
