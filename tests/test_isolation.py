@@ -335,3 +335,31 @@ def test_toolchain_only_for_the_compile_role(level, tmp_path):
         plain = run_sandboxed(["/bin/sh", "-c", script], timeout_s=120, work_dir=work, isolation=level,
                               mounts=Mounts())
         assert "NOCUDA" in plain.stdout.split()
+
+
+def test_fallback_inside_a_user_namespace_drops_every_capability(tmp_path):
+    # kopt itself run as "root" of a user namespace (as an unprivileged user's kopt would be after
+    # `unshare -r`): the jail keeps uid 0 there but empties every capability set, so remounting fails.
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    probe = ("import json, sys\n"
+             "from kopt.evaluator import sandbox\n"
+             "code = ('import json, subprocess; s = open(\"/proc/self/status\").read();'\n"
+             "        'r = subprocess.run([\"mount\", \"-o\", \"remount,rw\", \"/usr\"], capture_output=True);'\n"
+             "        'print(json.dumps({\"status\": s, \"mount\": r.returncode}))')\n"
+             "res = sandbox.run_sandboxed([sys.executable, '-I', '-S', '-c', code], timeout_s=60,\n"
+             "                            isolation='unshare', mounts=sandbox.Mounts())\n"
+             "print(json.dumps({'real_root': sandbox._real_root(), 'stdout': res.stdout, 'stderr': res.stderr}))\n")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", probe],
+                          capture_output=True, text=True, timeout=120, cwd=str(sandbox.sandbox_fs.KOPT_ROOT))
+    if done.returncode != 0 and "unshare" in done.stderr and "Operation not permitted" in done.stderr:
+        pytest.skip("user namespaces are not allowed here")
+    outer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outer["real_root"] is False
+    inner = report(type("R", (), {"stdout": outer["stdout"], "returncode": 0, "stderr": outer["stderr"]}))
+    caps = {ln.split(":")[0]: int(ln.split()[1], 16) for ln in inner["status"].splitlines() if ln.startswith("Cap")}
+    assert caps and not any(caps.values()) and "NoNewPrivs:\t1" in inner["status"]
+    assert inner["mount"] != 0
