@@ -168,3 +168,16 @@ def test_kernel_record_round_trips_and_reads_old_reports(repo):
     (kdir / "report.json").write_text("{not json")
     r = one(run_check(cwd=path))
     assert r.verdict is Verdict.BROKEN and "unreadable" in r.reason
+
+
+def test_table_keeps_long_paths_whole_off_a_terminal(repo):
+    path, env = repo
+    long_dir = "kernels/a_rather_long_kernel_directory_name_that_would_wrap"
+    write_kernel(path, out_rel=long_dir)
+    (path / "kernels" / "affine" / "kernel.cpp").write_text("// edited by hand\n")  # a failure with a fix line
+    env = {k: v for k, v in env.items() if k != "COLUMNS"}
+    env["PATH"] = f"{Path(kopt_cmd()[0]).parent}:{env['PATH']}"
+    res = subprocess.run(kopt_cmd("check"), cwd=path, capture_output=True, text=True, env=env)
+    assert res.returncode == 1
+    assert any(long_dir in line for line in res.stdout.splitlines()), res.stdout  # not cut, not folded
+    assert "git checkout -- kernels/affine" in res.stdout
