@@ -140,7 +140,7 @@ def _run_batch(spec_path: str) -> None:
         names = list(spec["sources"])
         sources = [spec["sources"][n] for n in names]
         wanted = dict(target="cpu", jobs=2, run_timeout_s=20, compile_timeout_s=240, min_calls=20,
-                      min_time_s=0.2, max_rss_mb=4096)
+                      min_time_s=0.2, max_rss_mb=4096, compile_baseline=False)
         known = {f.name for f in dataclasses.fields(EvalSettings)}
         settings = EvalSettings(**{k: v for k, v in wanted.items() if k in known})
         with Evaluator(load_task(spec["task"]), settings) as ev:
