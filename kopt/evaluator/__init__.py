@@ -37,6 +37,7 @@ OnResult = Callable[[int, EvalResult], None]
 # Bumped whenever a change could turn an old verdict wrong (checks added, timing changed): cached verdicts
 # are keyed on it, so an upgrade re-evaluates instead of trusting what an older evaluator said.
 VERDICT_VERSION = "5"
+SPARE_IDLE_S = 3600.0  # how long a spare session may wait for its candidate
 SESSION_STARTUP_S = 60.0  # a child session's start-up allowance (process, torch import, extension load)
 _KOPT_ROOT = str(Path(__file__).resolve().parent.parent.parent)  # PYTHONPATH for children
 
@@ -167,6 +168,7 @@ class Evaluator:
         self._ref_check_s = 0.0
         self._ref_oracle: list = []
         self._compiled_time: dict | None = None
+        self._spares: list = []
         self._compile_note = ""
         self._built: dict[str, BuildResult] = {}
         self._pch_ok: bool | None = None
@@ -248,6 +250,10 @@ class Evaluator:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            with self._lock:
+                spares, self._spares = self._spares, []
+            for spare in spares:
+                spare.close()
             self._ref_outputs = None
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -489,6 +495,9 @@ class Evaluator:
         and time sessions of a candidate get the same argv, environment and init message."""
         from kopt.evaluator.session import Session, SessionFailure, SessionSpec
 
+        spare = self._take_spare() if source is not None else None
+        if spare is not None:
+            work = spare.work  # the spare's own dir, bound into it at spawn
         work.mkdir(parents=True, exist_ok=True)
         readable: list[Path] = []
         if source is None:
@@ -508,6 +517,8 @@ class Evaluator:
                 copy = work / "ext" / f"{n}.so"
                 shutil.copyfile(so, copy)
                 if hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
+                    if spare is not None:
+                        spare.close()
                     raise SessionFailure(Status.REJECTED, "the compiled extension changed since it was built")
                 rows.append({"key": n, "name": n, "so": str(copy)})
             table = tuple(rows)
@@ -515,10 +526,11 @@ class Evaluator:
                            threads=self.settings.resolved_threads(), device=self._device(),
                            search_path=self.task.search_path if source is None else None, what=what,
                            compile=compiled)
-        env = {"OMP_NUM_THREADS": str(self.settings.resolved_threads())}
-        env.update(self.target.build_env())
+        env = self._session_env()
         writable: list[Path] = []
         timeout = self._run_timeout(timing)
+        if spare is not None:
+            return spare.assign(spec, timeout)
         if compiled:  # trusted reference only: Inductor needs the compiler and its own cache, never a candidate's
             cache = self.build_dir.parent / (self.build_dir.name + "-inductor")
             cache.mkdir(parents=True, exist_ok=True)
@@ -528,6 +540,32 @@ class Evaluator:
         return Session(spec, work=work, readable=readable, timeout_s=timeout, writable=writable, toolchain=compiled,
                        max_rss_mb=self.settings.max_rss_mb, env=env, gpu=self.settings.target == "cuda",
                        cpu_budget_s=self._run_timeout(True) + (self.settings.compile_timeout_s if compiled else 0))
+
+    def _session_env(self) -> dict[str, str]:
+        env = {"OMP_NUM_THREADS": str(self.settings.resolved_threads())}
+        env.update(self.target.build_env())
+        return env
+
+    def _spawn_spare(self):
+        from kopt.evaluator.session import Session
+
+        work = self.root / "work" / f"session-{uuid.uuid4().hex[:10]}"
+        return Session(None, work=work, timeout_s=SPARE_IDLE_S + self._run_timeout(True),
+                       max_rss_mb=self.settings.max_rss_mb, env=self._session_env(), gpu=False,
+                       cpu_budget_s=self._run_timeout(True), threads=self.settings.resolved_threads(),
+                       remove_work=True)
+
+    def _take_spare(self):
+        """A candidate session started ahead of need (process start and torch import off the critical path):
+        every candidate still gets a fresh process of its own, with the same argv, environment and mounts.
+        CPU only (a GPU device runs one child at a time)."""
+        if self.settings.target != "cpu" or self._closed:
+            return None
+        with self._lock:
+            spare = self._spares.pop(0) if self._spares else None
+            while len(self._spares) < max(1, self.settings.jobs):
+                self._spares.append(self._spawn_spare())
+        return spare or self._spawn_spare()
 
     def _time_compiled_reference(self, eager: dict) -> dict | None:
         """The reference under torch.compile (default mode), timed once per evaluator like eager; its compile

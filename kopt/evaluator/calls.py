@@ -80,10 +80,6 @@ def redraw(base: list, rng: random.Random) -> list:
     return out
 
 
-def _reveal(s: Session, rec: Call, max_bytes: int) -> tuple[list, list]:
-    return s.reveal(rec.call, rec.h, max_bytes)
-
-
 def check_run(s: Session, trials: list[Trial], max_bytes: int) -> list[Revealed]:
     """Every trial twice (interleaved passes) and one ghost call on trial 0; all revealed."""
     plan: list[tuple[str, int, int]] = []
@@ -94,14 +90,11 @@ def check_run(s: Session, trials: list[Trial], max_bytes: int) -> list[Revealed]
                 plan.append(("ghost", 0, 0))
     done = []
     for n, (kind, t, p) in enumerate(plan):
-        s.flush()
         rec = s.call(n, trials[t].model, trials[t].inputs, ghost=kind == "ghost")
         done.append((kind, t, p, rec))
-    out = []
-    for kind, t, p, rec in done:
-        outs, after = _reveal(s, rec, max_bytes)
-        out.append(Revealed(rec.call, kind, t, trials[t].inputs, outs, after, rec, p))
-    return out
+    got = s.reveal_many([(rec.call, rec.h) for *_x, rec in done], max_bytes)
+    return [Revealed(rec.call, kind, t, trials[t].inputs, outs, after, rec, p)
+            for (kind, t, p, rec), (outs, after) in zip(done, got)]
 
 
 def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: int, min_time_s: float,
@@ -117,7 +110,6 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
 
     def one(t: int, args: list, ghost: bool = False) -> Call:
         nonlocal n_call
-        s.flush()
         rec = s.call(n_call, trials[t].model, args, ghost=ghost)
         n_call += 1
         return rec
@@ -152,17 +144,17 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
     for t in checks:  # a run shorter than the trial count still checks every trial
         check_recs.append((t, one(t, trials[t].inputs)))
     if reveal:
-        for t, rec in check_recs:
-            outs, after = _reveal(s, rec, max_bytes)
+        pick = sorted(rng.sample(run.calls, min(len(run.calls), max(MIN_REVEAL, len(run.calls) // 4))),
+                      key=lambda r: r.call)
+        got = s.reveal_many([(rec.call, rec.h) for _t, rec in check_recs] + [(r.call, r.h) for r in pick], max_bytes)
+        for (t, rec), (outs, after) in zip(check_recs, got):
             run.revealed.append(Revealed(rec.call, "check", t, trials[t].inputs, outs, after, rec))
-        pick = rng.sample(run.calls, min(len(run.calls), max(MIN_REVEAL, len(run.calls) // 4)))
-        for rec in sorted(pick, key=lambda r: r.call):
+        for rec, (outs, after) in zip(pick, got[len(check_recs):]):
             t, args = timed_inputs[rec.call]
-            outs, after = _reveal(s, rec, max_bytes)
             run.revealed.append(Revealed(rec.call, "timed", t, args, outs, after, rec))
-    for t, args in extra:
-        rec = one(t, args)
-        outs, after = _reveal(s, rec, max_bytes)
+    extra_recs = [(t, args, one(t, args)) for t, args in extra]
+    got = s.reveal_many([(rec.call, rec.h) for _t, _a, rec in extra_recs], max_bytes)
+    for (t, args, rec), (outs, after) in zip(extra_recs, got):
         run.extra.append(Revealed(rec.call, "extra", t, args, outs, after, rec))
     return run
 

@@ -229,10 +229,12 @@ def cpu_ns(pids: Sequence[int]) -> int:
 class Session:
     """A live child session. Use as a context manager; every method raises SessionFailure, nothing else."""
 
-    def __init__(self, spec: SessionSpec, *, work: Path, readable: Sequence[Path] = (), timeout_s: float,
+    def __init__(self, spec: SessionSpec | None, *, work: Path, readable: Sequence[Path] = (), timeout_s: float,
                  max_rss_mb: int | None, env: Mapping[str, str] | None = None, gpu: bool = False,
-                 writable: Sequence[Path] = (), toolchain: bool = False, cpu_budget_s: float | None = None):
-        self.spec, self.work = spec, work
+                 writable: Sequence[Path] = (), toolchain: bool = False, cpu_budget_s: float | None = None,
+                 threads: int = 1, remove_work: bool = False):
+        """spec None: a spare, started now and given its spec by assign() once its candidate is known."""
+        self.spec, self.work, self.remove_work = spec, work, remove_work
         work.mkdir(parents=True, exist_ok=True)
         self.killed: str | None = None
         self.max_rss_mb = max_rss_mb
@@ -242,7 +244,7 @@ class Session:
         self._stderr_total = 0
         self._pids: list[int] = []
         self._done = threading.Event()
-        cores = max(1, spec.threads)
+        cores = max(1, spec.threads if spec else threads)
         # The CPU rlimit is visible to the child (getrlimit): callers pass one budget for check and time
         # sessions alike, so it cannot tell them apart.
         cpu_s = int((cpu_budget_s or timeout_s) * (cores + 2)) + 30
@@ -263,6 +265,7 @@ class Session:
                 raise SessionFailure(Status.CRASHED, "cannot start the sandboxed child")
             self.fd_in, self.fd_out = self.sandboxed.stdout.fileno(), self.sandboxed.stdin.fileno()
             self.proc = None
+            threading.Thread(target=self._deadline_watch, daemon=True).start()
             return
         self.isolation, cmd, child_env = _local_command(work, [Path(CHILD_ROOT), *readable], env, gpu, cpu_s, as_mb)
         try:
@@ -292,6 +295,21 @@ class Session:
                 self._stderr += chunk[: STDERR_KEEP - len(self._stderr)]
             if self._stderr_total > FLOOD_BYTES and not self.killed:
                 self._kill("output flood")
+
+    def _deadline_watch(self) -> None:
+        """kopt's own run budget (assign() may set it later than the spawn: a spare waits unbudgeted)."""
+        while not self._done.wait(0.05):
+            if time.monotonic() > self.deadline:
+                self.killed = "timeout"
+                self.sandboxed.kill("timeout")
+                return
+
+    def assign(self, spec: SessionSpec, timeout_s: float) -> Session:
+        """Give a spare session (started before its candidate was known, torch already imported) its spec
+        and its run budget, counted from now. The argv, environment and mounts were the same for every one."""
+        self.spec, self.timeout_s = spec, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        return self
 
     def _watch(self) -> None:
         n = 0
@@ -326,7 +344,7 @@ class Session:
         if self.sandboxed is not None:
             res = self.sandboxed.finish(timeout_s=5)
             self._result = res
-            if res.killed == "timeout":
+            if res.killed == "timeout" or self.killed == "timeout":
                 return SessionFailure(Status.TIMEOUT, f"killed after {self.timeout_s:.0f} s (run timeout)")
             if res.killed in ("output flood", "memory", "disk") or res.signal:
                 return SessionFailure(Status.CRASHED, res.describe())
@@ -399,6 +417,7 @@ class Session:
                   "threads": self.spec.threads, "device": self.spec.device, "search_path": self.spec.search_path}
         self._send(header, b"".join(blobs))
         h, _ = self._recv(("ready",))
+        self._recv(("flushed",))
         if self.proc is not None:
             self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
         return h["init_ops"]
@@ -421,6 +440,7 @@ class Session:
         t1 = time.perf_counter_ns()
         if h["call"] != call:
             raise self._death("a done message for another call")
+        self._recv(("flushed",))  # the child flushed the cache after its commitment
         return Call(call=call, h=h["h"], ext_calls=h["ext_calls"], lib_ops=h["lib_ops"], child_ns=h["child_ns"],
                     alias=h["alias"], interval_ns=t1 - t0)
 
@@ -428,6 +448,9 @@ class Session:
         """The call's outputs and inputs-after, as tensors built here; SessionFailure(REJECTED) if their hash is
         not the one committed inside the call."""
         self._send({"t": "reveal", "call": call})
+        return self._read_revealed(call, committed, max_bytes)
+
+    def _read_revealed(self, call: int, committed: str, max_bytes: int) -> tuple[list, list]:
         h, payload = self._recv(("outputs",), max_payload=max_bytes)
         if h["call"] != call:
             raise self._death("an outputs message for another call")
@@ -443,6 +466,12 @@ class Session:
         tensors = decode_tensors(metas, payload)
         return tensors[: len(h["out"])], tensors[len(h["out"]):]
 
+    def reveal_many(self, calls: Sequence[tuple[int, str]], max_bytes: int) -> list[tuple[list, list]]:
+        """reveal() for several calls, the requests sent at once (one round trip, not one per call)."""
+        for call, _h in calls:
+            self._send({"t": "reveal", "call": call})
+        return [self._read_revealed(call, h, max_bytes) for call, h in calls]
+
     def cpu_ns(self) -> int:
         """The child's CPU time so far, read by kopt (cgroup or /proc), never asked of the child."""
         if self.sandboxed is not None:
@@ -455,7 +484,12 @@ class Session:
         except (OSError, protocol.ProtocolError):
             pass
         if self.sandboxed is not None:
+            self._done.set()
             self.sandboxed.finish(timeout_s=5)
+            if self.remove_work:
+                import shutil
+
+                shutil.rmtree(self.work, ignore_errors=True)
             return
         try:
             self.proc.wait(timeout=5)

@@ -304,9 +304,9 @@ def serve(fd_in: int, fd_out: int) -> None:
         _write_frame(fd_out, {"t": "fail", "code": f.code, "line": int(f.line), "exc": f.exc, "index": int(f.index)})
 
     try:
-        init, init_payload = recv()
-        import torch
+        import torch  # before the init message: a spare session waits with torch imported
 
+        init, init_payload = recv()
         device = init["device"]
         torch.set_num_threads(int(init["threads"]))
         if device == "cuda":
@@ -350,6 +350,10 @@ def serve(fd_in: int, fd_out: int) -> None:
         fail(_Failure("import_failed", e, path=path))
         return
     _write_frame(fd_out, {"t": "ready", "n_ext": len(init["ext"]), "init_ops": _State.ops})
+    # The cache is flushed after every commitment (and before the first call), and the parent sends the next
+    # call's inputs only after `flushed`: nothing to work on during the flush, one round trip per call.
+    flush()
+    _write_frame(fd_out, {"t": "flushed"})
     kept: dict[int, tuple[list, list]] = {}
     bufs: dict[tuple, object] = {}
     while True:
@@ -418,3 +422,5 @@ def serve(fd_in: int, fd_out: int) -> None:
         _write_frame(fd_out, {"t": "done", "call": call, "h": h, "ext_calls": _State.ext_calls,
                               "lib_ops": _State.ops, "child_ns": max(0, t1 - t0), "alias": bool(alias)})
         del out, outs, args, ins
+        flush()
+        _write_frame(fd_out, {"t": "flushed"})
