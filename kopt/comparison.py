@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kopt import metrics as M
+from kopt import settings as S
 from kopt.compare_report import CompareResult, summarize
 from kopt.errors import KoptError
 from kopt.records import Progress, no_progress
@@ -126,8 +127,7 @@ def run_compare(
     warn = warn or (lambda msg: None)
     if not tasks:
         raise KoptError("no tasks to compare", "pass task files, directories or --kernelbench DIR --ids ...")
-    if top_m < 1:
-        raise KoptError(f"--top-m must be at least 1, got {top_m}", "use --top-m 3 (the paper's setting)")
+    S.check("top_m", top_m)
     ttt_k = _check_ttt(run, ttt, strategies)
     note = ttt_mod.oversharpening_note(ttt.ttt_steps) if ttt_k is not None and ttt is not None else None
     if note:

@@ -98,10 +98,8 @@ def _most_common_compile_error(pool: Pool) -> str | None:
 def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progress, warn: Warn = log.warning,
              cache: Cache | None = None) -> OptimizeResult:
     """The whole job for one task. Raises KoptError for anything the user can fix."""
-    from kopt import output, selection, ttt
+    from kopt import output, ttt
 
-    if options.select not in selection.STRATEGIES:
-        raise KoptError(f"unknown --select {options.select!r}", f"use one of {', '.join(selection.STRATEGIES)}")
     out_dir = options.out or Path("kernels") / task.name
     output.check_writable(out_dir, options.force)  # refuse before spending anything
     note = ttt.oversharpening_note(options.ttt.ttt_steps)
