@@ -286,7 +286,9 @@ class Sandboxed:
         ns = self._cg.cpu_ns()
         if ns is not None:
             return ns
-        return tree_cpu_ns(tree(self._proc.pid)) if self._proc else 0
+        # Without a cgroup: the processes the watchdog has seen (a full /proc walk per call would cost the
+        # parent tens of ms on a busy machine; the payload itself is always among them).
+        return tree_cpu_ns(self._seen) if self._proc else 0
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -339,8 +341,10 @@ class Sandboxed:
                 self.kill("timeout")
             elif max(out_total, self._err.total) > FLOOD_BYTES:
                 self.kill("output flood")
-            elif polls % 4 == 0:  # the tree walk reads /proc: every ~100 ms is enough
-                pids = tree(self._proc.pid)
+            elif polls % (4 if self._cg.dirs else 20) == 0:
+                # Every ~100 ms the cgroup lists the tree in one read; without one, a /proc walk (which holds
+                # the GIL for tens of ms on a busy machine, time the parent's protocol clock would see) every ~0.5 s.
+                pids = self._cg.pids() if self._cg.dirs else tree(self._proc.pid)
                 self._seen = list(dict.fromkeys(self._seen + pids))
                 rss = rss_mb(pids)
                 self._peak = max(self._peak, rss)
