@@ -10,6 +10,7 @@ oracle at K = 64), and the winner is written to kernels/<task>/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -23,6 +24,7 @@ from kopt.cache import Cache
 from kopt.errors import KoptError
 from kopt.pool import Pool, RunOptions
 from kopt.records import Progress, Selection, Status, no_progress
+from kopt.selection import WEAK_SIGNAL_NOTE
 from kopt.task import Task
 from kopt.ttt import TTTOptions
 
@@ -80,6 +82,10 @@ def select_in_pool(pool: Pool, options: OptimizeOptions) -> tuple[Selection, dic
         pool.time, top_m=options.top_m, seed=options.run.seed, jobs=options.run.jobs, adaptive=options.adaptive,
         exhaustive=options.exhaustive or options.ttt.ttt_steps > 0)
     if how == lazy.SURPRISAL_ORDERED:
+        # The spread was measured on what was evaluated (the resolved prefix), not the whole pool: say so.
+        sel = dataclasses.replace(sel, notes=tuple(
+            f"{x}, measured on the candidates evaluated (--exhaustive measures the whole pool)"
+            if x.startswith(WEAK_SIGNAL_NOTE) else x for x in sel.notes))
         return sel, {"mode": how, "why": f"{options.select} needs only the most surprising correct candidates; "
                      "--exhaustive evaluates every candidate"}
     return sel, {"mode": "exhaustive", "why": "TTT" if options.ttt.ttt_steps > 0 else how}
