@@ -1,4 +1,4 @@
-"""Test-time training: 1-2 LoRA GRPO steps on the task's own samples, with Best-of-Adaptation (issue 5).
+"""Test-time training: 1-2 LoRA GRPO steps on the task's own samples, with Best-of-Adaptation.
 
 Barnes 2026 (arXiv 2602.07670; TTT setup §3.4, Best-of-Adaptation §3.5 Algorithm 1, over-sharpening §5.1 of the draft; see docs/paper-citations.md):
 - step 0 is the base model: its K samples, evaluated; a step's score is the sample-level fast_1 of the batch
