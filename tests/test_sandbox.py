@@ -188,7 +188,7 @@ def test_cuda_candidate_compiles_with_nvcc_and_errors_are_captured(cuda_evaluato
     broken = CUDA_RELU.replace("if (i < n) y[i]", "if (i < n) undeclared_thing[i]")
     ok, bad = cuda_evaluator.build([CUDA_RELU, broken])
     assert ok.failure is None, ok.failure.reason
-    assert ok.extensions and len(ok.extensions[0][2]) == 64
+    assert ok.extensions and len(ok.extensions[0].sha256) == 64
     assert bad.failure is not None and bad.failure.status.value == "compile_error"
     assert "undeclared_thing" in bad.failure.reason and "error" in bad.failure.reason
 

@@ -178,3 +178,29 @@ def test_ghost_calls_nan_fill_outputs_and_written_arguments():
     finally:
         harness._State.ghost = False
     assert harness._State.ext_calls >= 2
+
+
+@pytest.mark.gpu
+def test_a_cuda_session_is_one_process_and_one_context(tmp_path):
+    """GPU rule: while a candidate's session runs, the device's compute-process list is that child alone
+    (kopt's parent never opens a CUDA context); the harness set up the persisting-L2 reset, or the session
+    would have failed at start with a setup error."""
+    import subprocess
+
+    import torch
+
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "task.py").write_text("import torch.nn as nn\nclass Model(nn.Module):\n    def forward(self, x):\n"
+                               "        return x * 2\n")
+    spec = SessionSpec(module=str(d / "task.py"), cls="Model", models=(ModelSpec(),), device="cuda")
+    with Session(spec, work=d / "w", readable=[d], timeout_s=120, max_rss_mb=None, gpu=True) as s:
+        s.start()
+        rec = s.call(0, 0, [torch.ones(1024)])
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.split()
+        outs, _ = s.reveal(0, rec.h, 1 << 20)
+        child = s.sandboxed.pid if s.sandboxed is not None else s.proc.pid
+    assert torch.equal(outs[0], torch.ones(1024) * 2)
+    assert len(apps) == 1 and int(apps[0]) == child, apps
+    assert not torch.cuda.is_initialized()  # the parent holds no context of its own

@@ -5,10 +5,10 @@ Candidate code never runs in kopt's process and never sees reference outputs: th
 them to a file that kopt reads back and deletes before any candidate process starts; candidate children ship
 raw outputs and timings, and judge.py decides here.
 
-Builds live in config.build_dir() ($KOPT_BUILD_DIR, default $KOPT_HOME/build), one dir per extension named by
-worker.extension_name (sources, functions, flags, toolchain, arch): candidates with byte-identical kernels
-compile once, and several KOPT_HOMEs can share the dir. One fcntl lock per build dir keeps a process from
-writing into a dir another is building.
+Builds are build.py's (Builder): captured in a sandbox, compiled in another that runs no candidate code, kept
+in a content-addressed store under config.build_dir() and re-hashed before every session. Check and time run
+as child sessions (session.py, calls.py over kopt_child.harness): everything a candidate's process says is a
+claim; verdicts, sentences, hashes and timings are decided here.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,14 +66,7 @@ class EvalSettings:
         return int(self.threads or os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    """The compile stage alone: `failure` is the verdict when it failed, else None."""
-
-    failure: EvalResult | None
-    extensions: tuple[tuple[str, str, str], ...] = ()  # (name, .so path, sha256)
-    compile_s: float = 0.0
-    warnings: tuple[str, ...] = ()
+from kopt.evaluator.build import BuildResult  # noqa: E402 - re-exported: the compile stage's result
 
 
 def resolve_target(target: str, *, compile_only: bool = False) -> str:
@@ -153,7 +144,7 @@ class Evaluator:
         self.target = get_target(target)
         self.isolation = detect_isolation()
         self.home = kopt_home()
-        self.build_dir = build_dir()  # shared, content-addressed: one dir per extension (worker.extension_name)
+        self.build_dir = build_dir()  # shared, content-addressed (build.py's store lives under it)
         self.root = self.home / "eval" / f"{task.hash[:12]}-{uuid.uuid4().hex[:8]}"
         self.ref_dir = self.root / "reference"
         self.task_dir = self.root / "task"
@@ -170,8 +161,9 @@ class Evaluator:
         self._compiled_time: dict | None = None
         self._spares: list = []
         self._compile_note = ""
-        self._built: dict[str, BuildResult] = {}
-        self._pch_ok: bool | None = None
+        from kopt.evaluator.build import Builder
+
+        self.builder = Builder(target=target, settings=self.settings, base=self._base)
         self._closed = False
 
     # ---- public API ---------------------------------------------------------------------------------
@@ -190,7 +182,6 @@ class Evaluator:
                 counts[stage] += 1
                 self.progress(stage, counts[stage], n)
 
-        self._warm_pch()
         with cf.ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
             ref_future = pool.submit(self._ensure_reference)
 
@@ -240,7 +231,6 @@ class Evaluator:
 
     def build(self, sources: Sequence[str]) -> list[BuildResult]:
         """The static gate and compile stage alone (e.g. CUDA candidates on a machine without a GPU)."""
-        self._warm_pch()
         with cf.ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
             return list(pool.map(self._build, sources))
 
@@ -288,13 +278,6 @@ class Evaluator:
         return Limits(cpu_s=int(timeout_s * (cores + 2)) + 30,
                       as_mb=None if gpu else self.settings.max_rss_mb + 8192)
 
-    def _readable(self) -> list[Path]:
-        # The task's own directory may be under /tmp, which bwrap replaces with an empty tmpfs.
-        paths = [self.task_dir, self.ref_dir]
-        if self.task.search_path and Path(self.task.search_path).is_dir():
-            paths.append(Path(self.task.search_path))
-        return paths
-
     def _spawn(self, module: str, mode: str, spec: dict, work: Path, timeout_s: float, *, writable=(),
                readable=(), compile: bool = False):
         from kopt.evaluator.sandbox import run_sandboxed
@@ -308,27 +291,6 @@ class Evaluator:
                             readable=readable, work_dir=work,
                             gpu=self.settings.target == "cuda" and not compile)
         return res, _read_json(work / "result.json")
-
-    def _warm_pch(self) -> None:
-        """Build torch/extension.h.gch ONCE, trusted, under a lock, before parallel compiles (§ the brief:
-        ~24 s plain vs ~10 s with the PCH). Sandboxed builds only read it (the torch dir is read-only there)."""
-        if self._pch_ok is not None or not self.target.USE_PCH:
-            return
-        import torch.utils.cpp_extension as cx
-
-        include = Path(cx.__file__).resolve().parent.parent / "include" / "torch"
-        lock_path = include / "extension.h.kopt.lock"
-        try:
-            lock_file = open(lock_path, "w")
-        except OSError:
-            lock_file = open(self.home / "pch.lock", "w")
-        try:
-            with lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-                cx._check_and_build_extension_h_precompiler_headers(list(self.target.CFLAGS), None)
-            self._pch_ok = (include / "extension.h.gch").exists()
-        except Exception:  # noqa: BLE001 - no PCH only means slower builds
-            self._pch_ok = False
 
     # ---- reference ----------------------------------------------------------------------------------
 
@@ -369,86 +331,19 @@ class Evaluator:
             self._ref_check_s = float(result.get("check_s", 0.0))
             self._ref_warnings = list(result.get("warnings", []))
 
-    # ---- compile ------------------------------------------------------------------------------------
+    # ---- compile ----------------------------------------------------------------------------------
 
     def _build(self, source: str) -> BuildResult:
-        key = _sha(source)
-        with self._lock:
-            if key in self._built:
-                return self._built[key]
-        warnings: list[str] = []
-        report = _static_check(source, self.settings.target)
-        warnings += list(report.warnings)
-        if not report.ok:
-            failure = self._base(source, status=Status.REJECTED, reason="; ".join(report.rejections)[:600],
-                                 warnings=tuple(warnings))
-            return BuildResult(failure=failure, warnings=tuple(warnings))
-        build_root = self.build_dir
-        work = self.root / "work" / f"{key[:16]}-compile-{uuid.uuid4().hex[:6]}"
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "candidate.py").write_text(source)
-        spec = {"candidate": str(work / "candidate.py"), "target": self.settings.target,
-                "build_root": str(build_root), "use_pch": bool(self._pch_ok),
-                "threads": self.settings.resolved_threads()}
-        t0 = time.monotonic()
-        res, result = self._spawn("kopt.evaluator.worker", "compile", spec, work, self.settings.compile_timeout_s,
-                                  writable=[build_root], compile=True)
-        compile_s = time.monotonic() - t0
-        building = (work / "building").read_text().split() if (work / "building").exists() else []
-        shutil.rmtree(work, ignore_errors=True)
-        if result:
-            warnings += result.get("warnings", [])
-        if res.killed == "timeout":
-            self._drop_half_built(building)
-            failure = self._base(source, status=Status.TIMEOUT, compile_s=compile_s, warnings=tuple(warnings),
-                                 reason=f"compile killed after {self.settings.compile_timeout_s:.0f} s (compile timeout)")
-            return BuildResult(failure=failure, compile_s=compile_s, warnings=tuple(warnings))
-        if not result or not result.get("ok"):
-            status, reason = self._failure(res, result)
-            failure = self._base(source, status=status, reason=reason, compile_s=compile_s, warnings=tuple(warnings))
-            return BuildResult(failure=failure, compile_s=compile_s, warnings=tuple(warnings))
-        exts = tuple((e["name"], e["so"], e["sha256"]) for e in result.get("extensions", []))
-        built = BuildResult(failure=None, extensions=exts, compile_s=compile_s, warnings=tuple(warnings))
-        with self._lock:
-            self._built[key] = built
-        return built
-
-    def _drop_half_built(self, names: list[str]) -> None:
-        """A build killed mid-compile must not be reused: remove each dir it was building, under that dir's
-        lock, unless it is complete by then (another process waiting on the lock may have finished it)."""
-        from kopt.evaluator.worker import BUILT_MARK
-
-        for name in dict.fromkeys(names):
-            if not name.startswith("kopt_") or "/" in name or name in (".", ".."):
-                continue
-            lock_path = self.build_dir / f"{name}.lock"
-            try:
-                with open(lock_path, "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    if not (self.build_dir / name / BUILT_MARK).exists():
-                        shutil.rmtree(self.build_dir / name, ignore_errors=True)
-            except OSError:
-                continue
-
-    @staticmethod
-    def _failure(res, result: dict | None) -> tuple[Status, str]:
-        """Verdict mapping (the brief): timeout -> timeout; signal / no payload -> crashed; Python exception
-        -> runtime_error; build failure -> compile_error."""
-        if res.killed == "timeout":
-            return Status.TIMEOUT, res.describe()
-        if res.killed:
-            return Status.CRASHED, res.describe()
-        if result and result.get("error"):
-            return Status(result["error"]), result.get("reason", "")
-        return Status.CRASHED, res.describe()
+        """The build stage (build.py): static gate, capture, flags, sandboxed compile, content-addressed store."""
+        return self.builder.build(source)
 
     @staticmethod
     def _binary_sha(build: BuildResult) -> str | None:
         if not build.extensions:
             return None
         if len(build.extensions) == 1:
-            return build.extensions[0][2]
-        return _sha("".join(sorted(e[2] for e in build.extensions)))
+            return build.extensions[0].sha256
+        return _sha("".join(sorted(e.sha256 for e in build.extensions)))
 
     # ---- child sessions (kopt_child.harness over session.py) ----------------------------------------
 
@@ -509,20 +404,20 @@ class Evaluator:
         else:
             (work / "candidate.py").write_text(source)
             module, cls, what = str(work / "candidate.py"), "ModelNew", "the candidate"
-            # Each .so is copied into the session's own dir and its copy re-hashed here: the child sees no
+            # Each .so is copied into the session's own dir and its copy re-hashed there: the child sees no
             # build store at all, and only kopt's harness runs in it before the copies are loaded.
             (work / "ext").mkdir(exist_ok=True)
             rows = []
-            for n, so, digest in build.extensions:
-                copy = work / "ext" / f"{n}.so"
-                shutil.copyfile(so, copy)
-                if hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
+            for row, ext in zip(self.builder.child_table(build), [e for e in build.extensions if not e.compile_only]):
+                copy = work / "ext" / f"{ext.name}.so"
+                shutil.copyfile(ext.so_path, copy)
+                if hashlib.sha256(copy.read_bytes()).hexdigest() != ext.sha256:
                     if spare is not None:
                         spare.close()
                     raise SessionFailure(Status.REJECTED, "the compiled extension changed since it was built")
-                rows.append({"key": n, "name": n, "so": str(copy)})
+                rows.append(dict(row, so=str(copy)))
             table = tuple(rows)
-        spec = SessionSpec(module=module, cls=cls, models=self._model_specs(), extensions=table,
+        spec = SessionSpec(module=module, cls=cls, models=self._model_specs(), extensions=table, ext_by_key=True,
                            threads=self.settings.resolved_threads(), device=self._device(),
                            search_path=self.task.search_path if source is None else None, what=what,
                            compile=compiled)
@@ -596,14 +491,7 @@ class Evaluator:
 
     def _verify(self, build: BuildResult) -> str | None:
         """Re-hash every .so before a session (hashes a child reports are never used)."""
-        for _name, so, digest in build.extensions:
-            try:
-                h = hashlib.sha256(Path(so).read_bytes()).hexdigest()
-            except OSError:
-                return "the compiled extension is gone from the build store"
-            if h != digest:
-                return "the compiled extension changed since it was built (.so hash differs)"
-        return None
+        return self.builder.verify(build)
 
     # ---- correctness --------------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
-"""The trusted reference child: `python -m kopt.evaluator.reference build|time|recheck SPEC.json`.
+"""The trusted reference child: `python -m kopt.evaluator.reference build SPEC.json`.
 
 `build` imports the task (and, when there is one, its perturbed-shape variant), builds every trial's inputs
 and runs Model. It writes OUT/inputs.pt (inputs, init inputs, Model's state_dict: candidates may read it) and
-OUT/reference.pt (outputs: kopt reads it back into memory and deletes it before any candidate starts).
-`time` times Model exactly as worker.py times a candidate, in a process that never loads candidate code.
-`recheck` regenerates the inputs of a candidate's re-checked timed calls from the timing run's nonce
-(targets.call_inputs) and writes Model's outputs on them to OUT/recheck.pt, which kopt reads back and deletes.
+OUT/reference.pt (outputs and their float64 oracle: kopt reads it back into memory and deletes it; no
+candidate session mounts either, their inputs travel over the protocol). Timing the reference is not done
+here: it runs through the same harness as every candidate (kopt_child, cls Model), so both pay the same
+per-call overhead. Shape variants come from shapes.choose (every size odd, when the reference takes it).
 
 Trials (hacking-and-sandbox.md §2): trial 0 is the task's own get_inputs(); the others redraw every floating
 input as N(0,1), mixed sign (KernelBench's torch.rand [0,1) makes ReLU/HardTanh the identity, hack #3). If the
@@ -122,52 +122,6 @@ def build(spec: dict, torch) -> dict:
     return {"ok": True, "warnings": warnings, "tags": [t["tag"] for t in trials], "check_s": check_s}
 
 
-def _timing_model(spec: dict, torch):
-    """Model as the timing loop uses it: built like trial 0 of the timed trials (worker._new_model does the same
-    for ModelNew). Returns (model, the timed trials)."""
-    if spec.get("search_path"):
-        sys.path.insert(0, spec["search_path"])
-    module = _load(spec["task"], "kopt_task")
-    data = torch.load(spec["inputs"], weights_only=True)
-    trials = [data["trials"][i] for i in spec["time_trials"]]
-    t = trials[0]
-    torch.manual_seed(t["seed"])
-    init = t["init"]
-    model = module.Model(**init) if isinstance(init, dict) else module.Model(*init)
-    model.load_state_dict(t["state_dict"])
-    return model.to(spec.get("device", "cpu")), trials
-
-
-def time_reference(spec: dict, torch) -> dict:
-    from kopt.evaluator.targets import get_target, timing_loop
-
-    target = get_target(spec["target"])
-    model, trials = _timing_model(spec, torch)
-    timer = target.Timer(clock=time.perf_counter_ns)
-    report = timing_loop(model, trials, timer, torch, spec["min_calls"], spec["min_time_s"], spec["nonce"], keep=0,
-                         device=spec.get("device", "cpu"))
-    report.pop("kept")
-    return {"ok": True, **report}
-
-
-def recheck(spec: dict, torch) -> dict:
-    """Model's outputs on timed calls `spec["calls"]` of the timing run keyed by `spec["nonce"]`."""
-    from kopt.evaluator.targets import call_inputs
-
-    device = spec.get("device", "cpu")
-    model, trials = _timing_model(spec, torch)
-    outputs = []
-    with torch.no_grad():
-        for call in spec["calls"]:
-            call = int(call)
-            base = trials[call % len(trials)]["inputs"]
-            out = model(*call_inputs(base, spec["nonce"], call, torch, device))
-            outs = list(out) if isinstance(out, (tuple, list)) else [out]
-            outputs.append([o.detach().cpu().clone() for o in outs])
-    torch.save({"outputs": outputs}, Path(spec["out_dir"]) / "recheck.pt")
-    return {"ok": True}
-
-
 def main(argv: list[str]) -> int:
     mode, spec_path = argv[0], argv[1]
     spec = json.loads(Path(spec_path).read_text())
@@ -177,7 +131,7 @@ def main(argv: list[str]) -> int:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     try:
-        result = {"build": build, "time": time_reference, "recheck": recheck}[mode](spec, torch)
+        result = {"build": build}[mode](spec, torch)
     except Exception as e:  # noqa: BLE001 - the user's reference failed: report it, kopt raises TaskError
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"[:600]}
     tmp = out_dir / "result.json.tmp"

@@ -1,4 +1,4 @@
-"""CPU target: C++ (OpenMP allowed) through load_inline, timed with perf_counter_ns and an LLC flush."""
+"""CPU target: C++ (OpenMP allowed) through load_inline (the harness flushes an LLC-sized buffer per call)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import functools
 import hashlib
 import platform
 import subprocess
-import time
 
 NAME = "cpu"
 GPU = False  # kernels run on the host; no device is needed to time them
@@ -77,28 +76,3 @@ def llc_bytes() -> int:
         return int(raw.rstrip("KMG")) * mult
     except (OSError, ValueError, IndexError):
         return FLUSH_FALLBACK_BYTES
-
-
-class Timer:
-    """Per-call wall time on the host. `clock` is bound before any candidate import (hack #8)."""
-
-    def __init__(self, clock=time.perf_counter_ns):
-        import torch
-
-        self.clock = clock
-        # >= 2x the LLC, preallocated once (nvbench #100: allocating per call costs more than the call).
-        self.flush_buf = torch.empty(max(2 * llc_bytes(), FLUSH_FALLBACK_BYTES) // 4, dtype=torch.float32)
-        self._val = 0.0
-
-    def flush(self) -> None:
-        self._val += 1.0
-        self.flush_buf.fill_(self._val)
-
-    def time_call(self, fn) -> tuple[float, object]:
-        t0 = self.clock()
-        out = fn()
-        t1 = self.clock()
-        return (t1 - t0) / 1e6, out
-
-    def sync(self) -> None:
-        pass

@@ -1,8 +1,9 @@
 """CUDA target: CUDA sources through load_inline (nvcc), timed with CUDA events and an L2 flush.
 
-Untested on this machine (no GPU); written after hacking-and-sandbox.md §3: one event pair per call, a
-device-wide synchronize before recording the end event (hack #5: side streams), persisting-L2 reset and a
->= 2x L2 flush before every call (hack #15), and no RLIMIT_AS on GPU processes (§4).
+The GPU rules live in the child harness (kopt_child/harness.py): a device-wide synchronize inside every call
+(hack #5: side streams), the persisting-L2 limit set to 0 and reset plus a >= 2x L2 flush after every call
+(hack #15; failing to set it up is a fatal setup error), TF32 off; one process and one CUDA context per
+candidate (no spare sessions on cuda), and no RLIMIT_AS on GPU processes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import platform
 import re
 import shutil
 import subprocess
-import time
 
 NAME = "cuda"
 GPU = True  # checking and timing need a CUDA device; without one kopt only compiles
@@ -91,46 +91,3 @@ def build_env() -> dict[str, str]:
     if home:
         env["CUDA_HOME"] = home
     return env
-
-
-class Timer:
-    """CUDA events per call; the end event is recorded after torch.cuda.synchronize() so work on side
-    streams is inside the window. `clock` is the host clock bound before candidate import."""
-
-    def __init__(self, clock=time.perf_counter_ns):
-        import torch
-
-        self.torch = torch
-        self.clock = clock
-        torch.backends.cuda.matmul.allow_tf32 = False  # §2: pin precision for matmul and cuDNN
-        torch.backends.cudnn.allow_tf32 = False
-        l2 = torch.cuda.get_device_properties(0).L2_cache_size or (50 << 20)
-        self.flush_buf = torch.empty(max(2 * l2, 256 << 20) // 4, dtype=torch.int32, device="cuda")
-        self.Event = torch.cuda.Event
-        self.synchronize = torch.cuda.synchronize
-        self._reset_persisting = None
-        try:  # hack #15: an access-policy window survives a plain flush
-            import ctypes
-
-            rt = ctypes.CDLL("libcudart.so")
-            self._reset_persisting = rt.cudaCtxResetPersistingL2Cache
-        except OSError:
-            pass
-
-    def flush(self) -> None:
-        if self._reset_persisting is not None:
-            self._reset_persisting()
-        self.flush_buf.zero_()
-
-    def time_call(self, fn) -> tuple[float, object]:
-        self.synchronize()
-        start, end = self.Event(enable_timing=True), self.Event(enable_timing=True)
-        start.record()
-        out = fn()
-        self.synchronize()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end), out
-
-    def sync(self) -> None:
-        self.synchronize()
