@@ -74,7 +74,10 @@ def render_hook(hook: str, mode: str, python: str) -> str:
     # commit-msg matters only for the commit that concludes a merge: ordinary commits exit in the shell.
     guard = ""
     if hook == "commit-msg":
-        guard = '[ -f "$(git rev-parse --git-path MERGE_HEAD)" ] || exit 0  # not concluding a merge\n'
+        # Only the commit that concludes a stopped merge: not an ordinary commit (no MERGE_HEAD), and not the
+        # commit `git merge`/`git pull` makes itself (GIT_REFLOG_ACTION is theirs), which pre-merge-commit checked.
+        guard = ('[ -f "$(git rev-parse --git-path MERGE_HEAD)" ] || exit 0\n    '
+                 'case "$GIT_REFLOG_ACTION" in merge*|pull*) exit 0 ;; esac\n')
     elif hook == "post-merge":  # a merge that touched no Python, kernel or report file cannot stale a kernel
         guard = ("changed=$(git diff --name-only ORIG_HEAD HEAD 2>/dev/null) && ! printf '%s\\n' \"$changed\" | "
                  "grep -qE '[.](py|cpp|cu)$|(^|/)report[.]json$' && exit 0\n")
