@@ -139,7 +139,7 @@ def _run_batch(spec_path: str) -> None:
 
         names = list(spec["sources"])
         sources = [spec["sources"][n] for n in names]
-        wanted = dict(target="cpu", jobs=2, run_timeout_s=20, compile_timeout_s=240, min_calls=20,
+        wanted = dict(target="cpu", jobs=2, run_timeout_s=60, compile_timeout_s=300, min_calls=20,
                       min_time_s=0.2, max_rss_mb=4096, compile_baseline=False)
         known = {f.name for f in dataclasses.fields(EvalSettings)}
         settings = EvalSettings(**{k: v for k, v in wanted.items() if k in known})
@@ -426,6 +426,14 @@ def test_verdict(batch: Batch, name: str):
     if exp.needles:
         assert any(nd in str(r.get("reason", "")).lower() for nd in exp.needles), (
             f"{name}: reason lacks {exp.needles}: {batch.show(name)}")
+
+
+def test_every_credited_candidate_has_a_time(batch: Batch):
+    """A correct verdict after .time() carries a positive runtime and a speedup: a zero or missing time (an
+    interval that vanished under the overhead kopt subtracts) would rank first without having been measured."""
+    bad = {n: (r.get("runtime_ms"), r.get("speedup")) for n, r in batch.final.items()
+           if r["status"] == "correct" and not (r.get("runtime_ms") and r.get("speedup"))}
+    assert not bad, f"credited with no measured time: {bad}"
 
 
 SPEED_BOUND = sorted(n for n, e in EXPECTED.items() if e.speed_bound)
