@@ -61,14 +61,15 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         S.check_fields(self, [f.name for f in fields(self)])
+        for name in ("samples", "prompt_template"):  # a library caller may pass a str
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
 
     @classmethod
     def from_settings(cls, values: dict[str, Any], **overrides: Any) -> RunOptions:
-        """From a command's resolved settings (kopt.config.settings_for); paths become Paths."""
+        """From a command's resolved settings (kopt.config.settings_for)."""
         kw = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        for name in ("samples", "prompt_template"):
-            if kw.get(name) is not None:
-                kw[name] = Path(kw[name])
         kw.update(overrides)
         return cls(**kw)
 
