@@ -49,12 +49,13 @@ def _base(source: str, **kw) -> EvalResult:
 
 
 @pytest.fixture(scope="module")
-def store_env(tmp_path_factory):
-    """One KOPT_HOME + KOPT_BUILD_DIR for the module: the runs below share it as two kopt runs would."""
-    home, build = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("build")
+def store_env(tmp_path_factory, kopt_build_dir):
+    """One KOPT_HOME for the module and the session's KOPT_BUILD_DIR (its PCH is built once per session): the
+    runs below share them as two kopt runs on one machine would."""
+    home = tmp_path_factory.mktemp("home")
     old = {k: os.environ.get(k) for k in ("KOPT_HOME", "KOPT_BUILD_DIR")}
-    os.environ.update(KOPT_HOME=str(home), KOPT_BUILD_DIR=str(build))
-    yield home, build
+    os.environ.update(KOPT_HOME=str(home), KOPT_BUILD_DIR=str(kopt_build_dir))
+    yield home, Path(kopt_build_dir)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -116,14 +117,32 @@ def test_flag_rejection_needs_no_compile(store_env):
     r = _builder(store_env).build(src)
     assert r.failure is not None and r.failure.status is Status.REJECTED
     assert "-L/tmp" in r.failure.reason and "-lfoo" in r.failure.reason
+    # the build stage's own judgement of the captured keywords (behind the static gate)
+    from kopt.evaluator.build import plan_call
+
+    call = {"kind": "load_inline", "cpp": ["int f();"], "cuda": [], "functions": ["f"],
+            "options": {"extra_ldflags": ["-L/tmp", "-lfoo"], "extra_cflags": ["-O2", ""],
+                        "build_directory": "/tmp/x"}}
+    warnings: list[str] = []
+    plan, why = plan_call(_builder(store_env), call, warnings)
+    assert plan is None and any("-L/tmp" in w for w in why) and any("build_directory" in w for w in why)
+    call["options"] = {"extra_cflags": ["-O2", "", "-ffast-math"], "extra_ldflags": ["-fopenmp"]}
+    plan, why = plan_call(_builder(store_env), call, warnings)
+    assert plan is not None and "-O2" in plan.cflags and "-ffast-math" not in plan.cflags
+    assert any("-ffast-math dropped" in w for w in warnings)
 
 
 def test_code_in_function_names_is_rejected(store_env):
     """torch pastes each function name into the bindings it generates: a name is code there."""
-    inj = HONEST.replace('functions=["double_it"]', 'functions=["double_it); asm(\\".incbin x\\"); //"]')
-    r = _builder(store_env).build(inj)
-    assert r.failure is not None and r.failure.status is Status.REJECTED
-    assert "not a C++ function name" in r.failure.reason
+    from kopt.evaluator.build import plan_call
+
+    call = {"kind": "load_inline", "cpp": ["int f();"], "cuda": [], "options": {},
+            "functions": ['f", f); } static int injected = system("id"); PYBIND11_MODULE(x, m) { m.def("g']}
+    plan, why = plan_call(_builder(store_env), call, [])
+    assert plan is None and any("not a C++ function name" in w for w in why)
+    call["functions"] = ["f", "ns::g"]
+    plan, why = plan_call(_builder(store_env), call, [])
+    assert plan is not None and not why
 
 
 # ---- one honest build: store, dedupe, verify, run child, poisoning ----------------------------------------------
@@ -292,22 +311,24 @@ def test_a_killed_compile_leaves_nothing_in_the_store(store_env):
     assert not [p for p in (store_env[1] / "v2" / "staging").iterdir() if not p.name.startswith("install-")]
 
 
-def test_the_pch_is_recorded_and_read_only(store_env):
-    from kopt.evaluator.build import _pch_paths, _pch_verified, ensure_pch
+def test_the_pch_is_kopts_own_and_read_only(store_env):
+    from kopt.evaluator import sandbox
+    from kopt.evaluator.build import ensure_pch
 
     b = _builder(store_env)
-    if not ensure_pch(b):
-        pytest.skip("no precompiled header on this machine (torch's include dir not writable)")
-    _, gch, record = _pch_paths()
-    assert not os.stat(gch).st_mode & 0o222 and _pch_verified(gch, record)
-    from kopt.evaluator import sandbox
-
-    if not hasattr(sandbox, "Mounts"):
-        pytest.skip("sandbox mounts not available")
+    entry = ensure_pch(b)
+    if entry is None:
+        pytest.skip("no precompiled header on this machine")
+    gch = entry / "torch" / "extension.h.gch"
+    assert entry.parent.name == "pch" and not os.stat(gch).st_mode & 0o222 and not os.stat(entry).st_mode & 0o222
+    doc, why = b.store.lookup(entry.name, "pch")
+    assert doc is not None and why is None
     work = Path(tempfile.mkdtemp(prefix="kopt-pch-"))
     res = sandbox.run_sandboxed([sys.executable, "-I", "-c", f"open({str(gch)!r}, 'r+b').write(b'x')"],
-                                timeout_s=60, work_dir=work, mounts=sandbox.Mounts(toolchain=True))
-    assert res.returncode != 0 and _pch_verified(gch, record)
+                                timeout_s=60, work_dir=work,
+                                mounts=sandbox.Mounts(readonly=(str(entry),), toolchain=True))
+    assert res.returncode != 0
+    assert b.store.lookup(entry.name, "pch")[1] is None
 
 
 @pytest.mark.slow

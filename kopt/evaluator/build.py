@@ -39,6 +39,7 @@ from kopt.records import EvalResult, Status
 
 STORE_VERSION = "v2"  # today's build dirs (the old layout) are never read
 MAX_SO_BYTES = 1 << 30
+_NAME = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)?")  # file names inside a store entry
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Store:
 
     def __init__(self, root: Path):
         self.root = root
-        for sub in ("entries", "locks", "staging"):
+        for sub in ("entries", "pch", "locks", "staging"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._secret = self._mac_key()
 
@@ -151,9 +152,9 @@ class Store:
         path.mkdir(mode=0o755)
         return path
 
-    def lookup(self, key: str) -> tuple[dict | None, str | None]:
+    def lookup(self, key: str, section: str = "entries") -> tuple[dict | None, str | None]:
         """(manifest, None) for a verified entry; (None, why) when one exists but fails; (None, None) if absent."""
-        entry = self.root / "entries" / key
+        entry = self.root / section / key
         if not entry.exists() and not entry.is_symlink():
             return None, None
         try:
@@ -164,16 +165,17 @@ class Store:
                     str(doc.get("mac", "")), self._mac(doc)):
                 raise ValueError("manifest not written by kopt")
             for name, digest in doc["files"].items():
-                if "/" in name or sha256_file(entry / name) != digest:
+                if not _NAME.fullmatch(name) or sha256_file(entry / name) != digest:
                     raise ValueError(f"{name} differs from its manifest")
             return doc, None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return None, str(e)
 
-    def discard(self, key: str) -> None:
-        remove_tree(self.root / "entries" / key)
+    def discard(self, key: str, section: str = "entries") -> None:
+        remove_tree(self.root / section / key)
 
-    def install(self, key: str, name: str, built: Path, files: list[str], compile_only: bool) -> dict:
+    def install(self, key: str, name: str, built: Path, files: list[str], compile_only: bool,
+                section: str = "entries") -> dict:
         """Copy `files` out of a finished staging dir into entries/<key>, read-only, in one rename."""
         tmp = self.root / "staging" / f"install-{uuid.uuid4().hex}"
         tmp.mkdir(mode=0o755)
@@ -181,6 +183,9 @@ class Store:
             digests = {}
             for fname in files:
                 src = built / fname
+                if not _NAME.fullmatch(fname):
+                    raise OSError(f"{fname}: not a name kopt writes")
+                (tmp / fname).parent.mkdir(parents=True, exist_ok=True)
                 st = os.lstat(src)
                 if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SO_BYTES:
                     raise OSError(f"{fname} is not a regular file of a sane size")
@@ -197,15 +202,17 @@ class Store:
             doc["mac"] = self._mac(doc)
             (tmp / "manifest.json").write_text(json.dumps(doc, sort_keys=True))
             os.chmod(tmp / "manifest.json", 0o444)
-            final = self.root / "entries" / key
+            final = self.root / section / key
             try:
                 os.rename(tmp, final)
             except OSError:  # another process installed it first: use theirs if it verifies
                 remove_tree(tmp)
-                theirs, why = self.lookup(key)
+                theirs, why = self.lookup(key, section)
                 if theirs is None:
                     raise OSError(f"the store entry exists and fails verification ({why})") from None
                 return theirs
+            for sub in sorted({os.path.dirname(f) for f in files if "/" in f}):
+                os.chmod(final / sub, 0o555)
             os.chmod(final, 0o555)
             return doc
         except BaseException:
@@ -240,7 +247,7 @@ class Builder:
         self._done: dict[str, tuple[Extension | None, str | None]] = {}  # store key -> (ext, compile error)
         self._symbols: dict[str, object] = {}
         self._results: dict[str, BuildResult] = {}
-        self._pch = None
+        self.logs: dict[str, str] = {}  # store key -> the compiler's raw output of a failed build (diagnostics only)
 
     # ---- public ------------------------------------------------------------------------------------------
 
@@ -456,7 +463,7 @@ def parse_capture(data: bytes | str) -> dict:
 
 
 def _run_child(b: Builder, args: list[str], *, work: Path, timeout_s: float, toolchain: bool,
-               env: dict[str, str]):
+               env: dict[str, str], readonly: tuple[str, ...] = ()):
     """Start `kopt_child <args>` in the sandbox (compile role: the toolchain visible, nothing of kopt's)."""
     import sys
 
@@ -466,7 +473,8 @@ def _run_child(b: Builder, args: list[str], *, work: Path, timeout_s: float, too
     if hasattr(sandbox, "Mounts") and hasattr(sandbox, "python_cmd"):
         limits = sandbox.Limits(cpu_s=cpu_s, rss_mb=b.settings.max_rss_mb)
         return sandbox.run_sandboxed(sandbox.python_cmd(args), timeout_s=timeout_s, work_dir=work, env=env,
-                                     mounts=sandbox.Mounts(toolchain=toolchain), limits=limits)
+                                     mounts=sandbox.Mounts(readonly=readonly, toolchain=toolchain),
+                                     limits=limits)
     boot = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
             "from kopt_child.__main__ import main; main()")
     return sandbox.run_sandboxed([sys.executable, "-I", "-c", boot, *args], timeout_s=timeout_s, work_dir=work,
@@ -639,7 +647,8 @@ def compile_and_install(b: Builder, plan: _Plan, key: str) -> tuple[dict | None,
         env = {"MAX_JOBS": os.environ.get("MAX_JOBS", "2"), "OMP_NUM_THREADS": "1", **dict(plan.env)}
         timeout = float(b.settings.compile_timeout_s)
         res = _run_child(b, ["compile", str(staging / "spec.json")], work=staging, timeout_s=timeout,
-                         toolchain=True, env=env)
+                         toolchain=True, env=env, readonly=tuple(p for p in spec["include_paths"]
+                                                                 if not p.startswith(str(staging))))
         if res.killed == "timeout":
             return None, f"compile killed after {timeout:.0f} s (compile timeout)"
         try:
@@ -648,6 +657,7 @@ def compile_and_install(b: Builder, plan: _Plan, key: str) -> tuple[dict | None,
         except (ValueError, KeyError, TypeError, RecursionError):
             return None, f"the compiler process ended without a result ({res.describe()})"
         if not ok:
+            b.logs[key] = log
             return None, compile_reason(log, plan, build)
         if only and not plan.compile_only:
             return None, "the extension compiled but did not link"
@@ -659,17 +669,16 @@ def compile_and_install(b: Builder, plan: _Plan, key: str) -> tuple[dict | None,
         remove_tree(staging)
 
 
-# ---- the precompiled header: built by kopt's parent, verified, read-only to every child ----------------------
+# ---- the precompiled header: built by kopt's parent into its store, verified, read-only to every child ------
 
 _PCH_LOCK = threading.Lock()
-_PCH: dict[str, object] = {}  # "stat" -> the verified .gch's (ino, size, mtime, ctime); "ok" -> bool
+_PCH: dict[str, tuple] = {}  # store pch key -> the verified .gch's (ino, size, mtime, ctime)
 
 
-def _pch_paths() -> tuple[Path, Path, Path]:
+def _torch_header() -> Path:
     import torch.utils.cpp_extension as cx
 
-    include = Path(cx.__file__).resolve().parent.parent / "include" / "torch"
-    return include / "extension.h", include / "extension.h.gch", include / "extension.h.kopt.json"
+    return Path(cx.__file__).resolve().parent.parent / "include" / "torch" / "extension.h"
 
 
 def _stat_sig(path: Path) -> tuple:
@@ -677,86 +686,85 @@ def _stat_sig(path: Path) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def ensure_pch(b: Builder, wait_s: float = 90.0) -> bool:
-    """torch/extension.h.gch, built here (trusted) with kopt's flags, its sha256 recorded beside it by kopt and
-    checked before every compile (a stat change means a re-hash); made read-only (0444). False: no PCH (the
-    build is only slower), also when another process holds the PCH's lock longer than `wait_s`."""
-    if not getattr(b.target, "USE_PCH", False):
-        return False
-    header, gch, record = _pch_paths()
-    with _PCH_LOCK:
-        try:
-            sig = _stat_sig(gch)
-            if _PCH.get("stat") == sig:
-                return True
-            if _pch_verified(gch, record) and _stat_sig(gch) == sig:
-                _PCH["stat"] = sig
-                return True
-        except OSError:
-            pass
-        _PCH.clear()
-        try:
-            try:
-                lock_file = open(header.parent / "extension.h.kopt.lock", "a")
-            except OSError:
-                from kopt.config import kopt_home
+def _pch_cmd(b: Builder, header: Path, out: Path) -> list[str]:
+    """torch's own PCH command (cpp_extension._check_and_build_extension_h_precompiler_headers) with kopt's
+    flags, writing to kopt's staging dir instead of torch's include dir."""
+    import sysconfig
 
-                lock_file = open(kopt_home() / "pch.lock", "a")
-            with lock_file:
+    import torch.utils.cpp_extension as cx
+
+    include = _torch_header().parent.parent
+    return [cx.get_cxx_compiler(), "-x", "c++-header", str(header), "-o", str(out), "-I", str(include),
+            "-I", sysconfig.get_path("include"), "-I", str(include / "torch" / "csrc" / "api" / "include"),
+            *b.target.CFLAGS, "-DTORCH_API_INCLUDE_EXTENSION_H", "-std=c++20", "-fPIC"]
+
+
+def ensure_pch(b: Builder, wait_s: float = 90.0) -> Path | None:
+    """The store's PCH entry, v2/pch/<key>/torch/extension.h(.gch): compiled here (trusted, kopt's flags,
+    torch's headers only), installed like a build (read-only, MAC'd manifest), verified by hash once per process
+    and by stat before every compile. None: no PCH (builds are only slower), also when another process holds
+    its lock longer than `wait_s` (it is building it)."""
+    if not getattr(b.target, "USE_PCH", False):
+        return None
+    header = _torch_header()
+    key = _sha(json.dumps({"cmd": _pch_cmd(b, Path("H"), Path("O")), "header": header.read_text(),
+                           "toolchain": b.target.toolchain()}, sort_keys=True))
+    entry = b.store.root / "pch" / key
+    gch = entry / "torch" / "extension.h.gch"
+    with _PCH_LOCK:
+        with contextlib.suppress(OSError):
+            if _PCH.get(key) == _stat_sig(gch):
+                return entry
+        _PCH.pop(key, None)
+        try:
+            with open(b.store.root / "locks" / f"pch-{key}.lock", "a") as lock:
                 deadline = time.monotonic() + wait_s
                 while True:
                     try:
-                        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
                         if time.monotonic() > deadline:
-                            return False
+                            return None
                         time.sleep(0.5)
-                if not record.exists() and gch.is_file() and not gch.is_symlink():
-                    _adopt_pch(gch, record)  # built by an earlier kopt's parent: recorded once, then verified
-                if not _pch_verified(gch, record):
-                    _build_pch(b, gch, record)
-                if not _pch_verified(gch, record):
-                    return False
-                _PCH["stat"] = _stat_sig(gch)
-                return True
+                sig = _stat_sig(gch) if gch.exists() else None
+                doc, why = b.store.lookup(key, "pch")
+                if why is not None:
+                    b.store.discard(key, "pch")
+                if doc is None:
+                    _build_pch(b, header, key)
+                    sig = _stat_sig(gch)
+                elif sig != _stat_sig(gch):
+                    return None  # changed while it was being hashed
+                _PCH[key] = sig
+                return entry
         except Exception:  # noqa: BLE001 - without a PCH builds are only slower
-            return False
+            return None
 
 
-def _pch_verified(gch: Path, record: Path) -> bool:
+def _build_pch(b: Builder, header: Path, key: str) -> None:
+    import subprocess
+
+    staging = b.store.staging()
     try:
-        rec = json.loads(record.read_text())
-        return gch.is_file() and not gch.is_symlink() and rec.get("sha256") == sha256_file(gch)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _adopt_pch(gch: Path, record: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.chmod(gch, 0o444)
-        record.write_text(json.dumps({"sha256": sha256_file(gch), "adopted": True}))
-
-
-def _build_pch(b: Builder, gch: Path, record: Path) -> None:
-    import torch.utils.cpp_extension as cx
-
-    for stale in (gch, gch.with_suffix(".sign"), record):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-    cx._check_and_build_extension_h_precompiler_headers(list(b.target.CFLAGS), None)
-    if gch.is_file():
-        os.chmod(gch, 0o444)
-        record.write_text(json.dumps({"sha256": sha256_file(gch), "cflags": list(b.target.CFLAGS)}))
+        (staging / "torch").mkdir()
+        copy = staging / "torch" / "extension.h"
+        copy.write_text(header.read_text())
+        subprocess.run(_pch_cmd(b, copy, staging / "torch" / "extension.h.gch"), check=True,
+                       capture_output=True, timeout=float(b.settings.compile_timeout_s) * 3)
+        b.store.install(key, "pch", staging, ["torch/extension.h", "torch/extension.h.gch"], False, "pch")
+    finally:
+        remove_tree(staging)
 
 
 def pch_include_paths(b: Builder, staging: Path) -> list[str]:
-    """[] when the verified PCH applies; else an include dir whose torch/extension.h has no .gch beside it
-    (gcc uses a .gch found next to the header it resolves, and -I dirs come before torch's -isystem ones)."""
-    if ensure_pch(b):
-        return []
-    header, _, _ = _pch_paths()
+    """The store's PCH dir first on the include path (gcc uses a .gch found next to the header it resolves, and
+    -I dirs come before torch's -isystem ones); without one, a dir whose torch/extension.h has no .gch beside
+    it, so torch's own (unverified) one is never used."""
+    entry = ensure_pch(b)
+    if entry is not None:
+        return [str(entry)]
     shadow = staging / "no-pch"
     (shadow / "torch").mkdir(parents=True, exist_ok=True)
-    (shadow / "torch" / "extension.h").write_text(header.read_text())
+    (shadow / "torch" / "extension.h").write_text(_torch_header().read_text())
     return [str(shadow)]
