@@ -187,6 +187,8 @@ def test_kopts_clock_decides_and_the_childs_only_refines_within_5_percent():
     fast_claim = run([(2_500_000, 20_000)] * 9)
     assert clock_disagrees(fast_claim, 500_000) and "kopt's clock" in clock_disagrees(fast_claim, 500_000)
     assert clock_disagrees(honest, 500_000) is None
+    vanished = run([(400_000, 100)] * 9)  # every interval below the overhead: no time left to credit
+    assert max(per_call_ms(vanished, 500_000)) == 0.0
 
 
 def test_cuda_target_without_a_device_is_a_config_error_except_for_builds():

@@ -701,6 +701,10 @@ class Evaluator:
                 f"timing: the candidate's process used {cores:.1f} cores during timing with --threads {threads} "
                 f"(the reference used {ref_cores:.1f}); its CPU time is read by kopt"))
         med, iqr = median_iqr(per_call_ms(run, overhead))
+        if not med > 0:  # nothing measurable beyond the harness's own overhead: never credited with a time
+            return result.replace(status=Status.REJECTED, reason=(
+                f"timing: kopt's clock saw no time per call beyond the harness's own overhead "
+                f"({overhead / 1e6:.3f} ms, measured on the reference): the speed cannot be credited"))
         ref_ms = (before["median_ms"] + after["median_ms"]) / 2
         return result.replace(runtime_ms=med, runtime_iqr_ms=iqr, reference_runtime_ms=ref_ms,
                               speedup=ref_ms / med if med > 0 else None, timed_calls=len(run.calls))
