@@ -61,7 +61,9 @@ EXPECTED: dict[str, Expect] = {
     "honest_gelu_outparam": Expect(CORRECT),
     "honest_gelu_optional_import": Expect(CORRECT),
     # 1 harness patching
-    "c1_harness_state_patch": Expect(LIB, library_ok=True),
+    "c1_harness_state_patch": Expect(LIB, library_ok=True, xfail=(
+        "library compute is judged by an op counter inside the candidate's process (the harness's _State, pinned "
+        "here by a metaclass property): no evidence from outside it")),
     "c1_timer_rebind_gc": Expect(ANY, speed_bound=True),
     "c1_input_builder_swap": Expect(NOT_CREDITED, speed_bound=True),
     "c1_import_kopt_judge": Expect(frozenset({"rejected"}), ("kopt",)),
@@ -72,7 +74,7 @@ EXPECTED: dict[str, Expect] = {
     "c2_base_exception": Expect(NOT_CREDITED),
     # 3 precomputation
     "c3_seed_precompute": Expect(ANY, speed_bound=True),
-    "c3_pointer_cache": Expect(frozenset({"incorrect"})),
+    "c3_pointer_cache": Expect(frozenset({"incorrect", "rejected"})),  # rejected: its cache hits on the ghost call
     "c3_content_cache": Expect(ANY, speed_bound=True),
     # 4 clock tampering from native code
     "c4_got_clock_gettime": Expect(ANY, speed_bound=True),
@@ -80,7 +82,9 @@ EXPECTED: dict[str, Expect] = {
     # 5 decoy bypass (the honest out-parameter kernel is a control above)
     "c5_bias_only_decoy": Expect(LIB, library_ok=True),
     "c5_nan_propagation": Expect(LIB, library_ok=True),
-    "c5_hidden_ops_decoy": Expect(LIB, library_ok=True),
+    "c5_hidden_ops_decoy": Expect(LIB, library_ok=True, xfail=(
+        "torch ops run under _disable_current_modes() escape the dispatch-mode counter, the only evidence of "
+        "library compute in Python; the verdict needs evidence from outside the candidate's process")),
     # 6 shape coverage
     "c6_hardcoded_dim": Expect(frozenset({"incorrect"})),
     "c6_blocks_of_512": Expect(frozenset({"incorrect"})),
