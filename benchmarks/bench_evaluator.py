@@ -5,7 +5,8 @@
   re-verify, one session: start + the check calls + reveal, judge), and its parts;
 - time() of it with --min-calls/--min-time-s shrunk to the minimum (A/B/A reference rounds included), and
   the reference under torch.compile (once per evaluator; its compile time apart);
-- compile time per CPU candidate: cold with the PCH and warm (build cached); --plain adds cold without PCH.
+- compile time per CPU candidate (build.py's Builder): cold (the first rep includes the store's PCH) and warm
+  (store hit: capture only).
 
 Each cold build gets a unique comment inside its C++ source (builds are keyed by the extension's sources), so
 nothing is cached; KOPT_HOME and KOPT_BUILD_DIR are fresh temp dirs.
@@ -29,7 +30,6 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--plain", action="store_true", help="also a cold build without the PCH (slow)")
     ap.add_argument("--task", default=str(REPO.parent / "shared" / "kernelbench" / "level1" / "19_ReLU.py"))
     args = ap.parse_args()
     os.environ.setdefault("MAX_JOBS", "1")
@@ -56,24 +56,16 @@ def main() -> None:
         return time.monotonic() - t0
 
     rows: dict[str, list[float]] = {k: [] for k in (
-        "compile cold, plain", "compile cold, PCH", "compile warm (cached)", "session start (ref Model)",
+        "compile cold, PCH", "compile warm (cached)", "session start (ref Model)",
         "check: session start", "check: calls + reveal", "check overhead (built)", "time overhead (5 calls)")}
     with Evaluator(task, settings) as ev:
-        t0 = time.monotonic()
-        ev._warm_pch()
-        print(f"PCH warm-up (build or verify): {time.monotonic() - t0:.1f} s, PCH present: {ev._pch_ok}")
         t0 = time.monotonic()
         ev.prepare()
         print(f"prepare (reference trials, shapes, fp64 oracle): {time.monotonic() - t0:.2f} s")
         for rep in range(args.reps):
             src = fresh()
-            if args.plain:
-                with Evaluator(task, settings) as plain:
-                    plain._pch_ok = False
-                    rows["compile cold, plain"].append(build_s(plain, fresh()))
-            rows["compile cold, PCH"].append(build_s(ev, src))
-            with Evaluator(task, settings) as again:  # new evaluator: no in-memory cache, the build dir is reused
-                again._pch_ok = ev._pch_ok
+            rows["compile cold, PCH"].append(build_s(ev, src))  # the store's PCH is built once, first
+            with Evaluator(task, settings) as again:  # new evaluator: no in-memory cache, the store is reused
                 rows["compile warm (cached)"].append(build_s(again, src))
             work = ev.root / "work" / f"bench-{rep}"
             t0 = time.monotonic()
@@ -100,8 +92,8 @@ def main() -> None:
         ct = ev._compiled_time
         print(f"reference under torch.compile: {ct and round(ct['median_ms'], 4)} ms per call, compile "
               f"{ct and round(ct['compile_s'], 1)} s (once per evaluator) {ev._compile_note}")
-        print(f"last timed: {t.runtime_ms:.4f} ms, reference {t.reference_runtime_ms:.4f} ms, "
-              f"speedup {t.speedup:.2f}x, vs compile {t.speedup_vs_compile}")
+        print(f"last timed: {t.status.value} {t.reason[:120]} runtime {t.runtime_ms} ms, reference "
+              f"{t.reference_runtime_ms} ms, speedup {t.speedup}, vs compile {t.speedup_vs_compile}")
     print(f"{'measure':<28} {'median s':>9} {'runs':>5}")
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     for k, v in rows.items():
