@@ -427,6 +427,8 @@ class Evaluator:
         env = self._session_env()
         writable: list[Path] = []
         timeout = self._run_timeout(timing)
+        if source is None:  # the trusted reference is not held to a candidate's budget (a loaded machine)
+            timeout = max(timeout, 2 * self.settings.run_timeout_s)
         if spare is not None:
             return spare.assign(spec, timeout)
         if compiled:  # trusted reference only: Inductor needs the compiler and its own cache, never a candidate's
