@@ -182,8 +182,8 @@ def clock_disagrees(run: TimedRun, overhead: int) -> str | None:
     # Load on the machine moves kopt's interval by far less than 4x; a clock replaced by a fake moves it more.
     # Judged on the raw interval too, so an estimate eaten by the subtracted overhead still gets the check.
     if (est > 100_000 and child < 0.25 * est) or (est <= 0 and raw > 1_000_000 and child < 0.01 * raw):
-        return (f"timer tampering: the child's clock read {child / 1e6:.3f} ms per call where kopt's clock "
-                f"saw {est / 1e6:.3f} ms (kopt's clock is used)")
+        return (f"the child's clock read {child / 1e6:.3f} ms per call where kopt's clock saw {est / 1e6:.3f} ms "
+                "(a replaced clock or a loaded machine; kopt's clock is used)")
     return None
 
 
