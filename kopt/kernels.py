@@ -94,14 +94,18 @@ class WinnerRecord:
     step: int = 0
     path: str | None = None
     model_new_sha256: str | None = None  # model_new.py as written, header included
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not name (speedup_vs_*, ...)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> WinnerRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in names},
+                   extra={k: v for k, v in d.items() if k not in names})
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        extra = d.pop("extra")
+        return {**d, **extra}
 
 
 @dataclass(frozen=True)
