@@ -158,6 +158,7 @@ class Evaluator:
         self._ref_time: dict | None = None
         self._ref_check_s = 0.0
         self._ref_oracle: list = []
+        self._ref_fan_in: list = []
         self._compiled_time: dict | None = None
         self._spares: list = []
         self._spawner: cf.ThreadPoolExecutor | None = None
@@ -320,6 +321,7 @@ class Evaluator:
                                 "run `kopt init` on it or shrink it with --set NAME=VALUE")
             loaded = torch.load(ref_file, weights_only=True)  # the trusted reference child's file
             outputs, oracle = loaded["outputs"], loaded.get("oracle") or []
+            fan_in = loaded.get("fan_in") or []
             inputs = torch.load(self.ref_dir / "inputs.pt", weights_only=True)["trials"]
         finally:
             # Reference outputs live only in kopt's memory: never on disk while a candidate runs (hack #17).
@@ -330,6 +332,7 @@ class Evaluator:
             # The float64 oracle rule holds only at kopt's own tolerances (a user who loosened them chose).
             loosened = self.settings.atol is not None or self.settings.rtol is not None
             self._ref_oracle = [None if loosened else o for o in oracle] + [None] * (len(outputs) - len(oracle))
+            self._ref_fan_in = list(fan_in) + [None] * (len(outputs) - len(fan_in))
             self._ref_tags = list(result.get("tags", []))
             self._ref_check_s = float(result.get("check_s", 0.0))
             self._ref_warnings = list(result.get("warnings", []))
@@ -530,7 +533,7 @@ class Evaluator:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _judge_call(self, r, refs, label: str, oracle=None) -> tuple[Status, str] | None:
+    def _judge_call(self, r, refs, label: str, oracle=None, fan_in=None) -> tuple[Status, str] | None:
         """One revealed call: the extension ran, outputs match `refs` (and the float64 `oracle` when there
         is one), no alias, inputs unchanged."""
         from kopt.evaluator import judge
@@ -538,7 +541,8 @@ class Evaluator:
         if r.record.ext_calls == 0:
             return (Status.REJECTED, f"{label}: forward never called its compiled extension "
                     "(the work is done by torch, not the kernel)")
-        why = judge.compare_all(r.outs, refs, self.settings.atol, self.settings.rtol, oracle=oracle)
+        why = judge.compare_all(r.outs, refs, self.settings.atol, self.settings.rtol, oracle=oracle,
+                                fan_in=fan_in if oracle is not None else None)
         if why:
             return Status.INCORRECT, f"{label}: {why}"
         if r.record.alias:
@@ -551,6 +555,16 @@ class Evaluator:
 
     def _oracle(self, trial: int):
         return self._ref_oracle[trial] if trial < len(self._ref_oracle) else None
+
+    def _fan_in(self, trial: int):
+        """Trial `trial`'s per-output fan-in; later trials of one shape reuse the first's (oracle.run_oracle)."""
+        own = self._ref_fan_in[trial] if trial < len(self._ref_fan_in) else None
+        if own and any(f is not None for f in own):
+            return own
+        first = self._ref_fan_in[0] if self._ref_fan_in else None
+        same = (trial < len(self._ref_outputs) and self._ref_outputs and
+                [tuple(o.shape) for o in self._ref_outputs[trial]] == [tuple(o.shape) for o in self._ref_outputs[0]])
+        return first if same else own
 
     def _judge_check(self, revealed) -> tuple[Status, str, int, list[str]]:
         from kopt.evaluator import judge
@@ -569,7 +583,7 @@ class Evaluator:
                 continue
             if r.pass_no:
                 label += " (second pass, the same buffers refilled)"
-            bad = self._judge_call(r, refs[r.trial], label, self._oracle(r.trial))
+            bad = self._judge_call(r, refs[r.trial], label, self._oracle(r.trial), self._fan_in(r.trial))
             if bad:
                 return bad[0], bad[1], len(passed), notes
             if r.pass_no == 0:
@@ -690,7 +704,7 @@ class Evaluator:
                 continue
             tag = self._ref_tags[r.trial] if r.trial < len(self._ref_tags) else ""
             bad = self._judge_call(r, self._ref_outputs[r.trial], f"check call on trial {r.trial} ({tag}) during timing",
-                                   self._oracle(r.trial))
+                                   self._oracle(r.trial), self._fan_in(r.trial))
             if bad:
                 return result.replace(status=bad[0], reason=bad[1])
         for r, refs in zip(timed, expected):

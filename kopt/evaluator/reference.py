@@ -65,7 +65,9 @@ def _run(module, seed: int, redraw: bool, torch, device: str = "cpu") -> dict:
 
     oracle = run_oracle(model, args, device=device)  # the same model and inputs, in float64
     return {"seed": seed, "inputs": sent, "init": init_s, "state_dict": state, "outputs": outs,
-            "oracle": list(oracle.outputs) if not oracle.error else None, "oracle_error": oracle.error}
+            "oracle": list(oracle.outputs) if not oracle.error else None, "oracle_error": oracle.error,
+            # how many inputs each output element sums over: the oracle rule's allowance for long reductions
+            "fan_in": [None if f is None else int(f) for f in oracle.fan_in] if not oracle.error else None}
 
 
 def _finite(outs, torch) -> bool:
@@ -113,9 +115,10 @@ def build(spec: dict, torch) -> dict:
                                 f"({type(e).__name__})"[:300])
     check_s = time.perf_counter() - t_start  # the reference's own trials: what a candidate's budget scales from
     out_dir = Path(spec["out_dir"])
-    torch.save({"trials": [{k: v for k, v in t.items() if k not in ("outputs", "oracle", "oracle_error")}
+    torch.save({"trials": [{k: v for k, v in t.items() if k not in ("outputs", "oracle", "oracle_error", "fan_in")}
                            for t in trials]}, out_dir / "inputs.pt")
-    torch.save({"outputs": [t["outputs"] for t in trials], "oracle": [t["oracle"] for t in trials]},
+    torch.save({"outputs": [t["outputs"] for t in trials], "oracle": [t["oracle"] for t in trials],
+                "fan_in": [t["fan_in"] for t in trials]},
                out_dir / "reference.pt")
     oracle_errors = sorted({t["oracle_error"] for t in trials if t["oracle_error"]})
     warnings += [f"no float64 oracle: {e}"[:300] for e in oracle_errors[:1]]
