@@ -159,6 +159,7 @@ class Evaluator:
         self._ref_check_s = 0.0
         self._ref_oracle: list = []
         self._ref_fan_in: list = []
+        self._bandwidth = None  # floor.Bandwidth, False when it could not be measured; measured once, lazily
         self._compiled_time: dict | None = None
         self._spares: list = []
         self._spawner: cf.ThreadPoolExecutor | None = None
@@ -648,11 +649,20 @@ class Evaluator:
         if todo:
             before = self._time_reference()
             compiled = self._time_compiled_reference(before)
+        from kopt.evaluator.baseline import baseline_changes, baseline_snapshot
+
         for done, i in enumerate(todo, 1):
+            # A clean baseline before each reference round: a candidate that leaves processes, shared memory
+            # or edited trusted files behind could slow the reference timed after it and so raise its own speedup.
+            clean = baseline_snapshot(watch=[str(self.task_dir)])
             run, failed = self._time_candidate(sources[i], results[i], before)
+            left = baseline_changes(clean)
             extra = [(r.trial, r.inputs) for r in run.revealed if r.kind == "timed"] if run else []
             after = self._time_reference(fresh=True, extra=extra)
             timed = failed or self._judge_timed(results[i], run, before, after)
+            if left and timed.correct:
+                timed = timed.replace(status=Status.REJECTED, runtime_ms=None, speedup=None, reason=(
+                    "timing: it left state behind that could slow the reference timed after it: " + "; ".join(left))[:600])
             if timed.runtime_ms and compiled:
                 timed = timed.replace(compile_reference_runtime_ms=compiled["median_ms"],
                                       speedup_vs_compile=compiled["median_ms"] / timed.runtime_ms)
@@ -664,6 +674,24 @@ class Evaluator:
             if on_result:
                 on_result(i, out[i])
         return out
+
+    def _speed_of_light(self, call, runtime_ms: float) -> str | None:
+        """A flag (never a verdict) when a time is under what this machine needs to move the call's bytes
+        (floor.py: the measured copy bandwidth): either noise, or work done outside the timed call."""
+        from kopt.evaluator import floor
+
+        if call is None:
+            return None
+        try:
+            if self._bandwidth is None:
+                self._bandwidth = floor.bandwidth(self._device(), self.settings.resolved_threads()) or False
+            if not self._bandwidth:
+                return None
+            limit = floor.floor_ms(floor.bytes_moved(list(call.inputs), list(call.outs)), self._bandwidth)
+            why = floor.implausible(runtime_ms, limit)
+        except Exception:  # noqa: BLE001 - no floor means no flag, never a lost verdict
+            return None
+        return f"speed of light: {why}" if why else None
 
     def _time_candidate(self, source: str, result: EvalResult, ref: dict):
         """(the timed run, None) or (None, the verdict when the session failed)."""
@@ -739,6 +767,9 @@ class Evaluator:
                 f"timing: kopt's clock saw no time per call beyond the harness's own overhead "
                 f"({overhead / 1e6:.3f} ms, measured on the reference): the speed cannot be credited"))
         ref_ms = (before["median_ms"] + after["median_ms"]) / 2
+        slow_note = self._speed_of_light(timed[0] if timed else None, med)
+        if slow_note:
+            notes = notes + (slow_note,)
         return result.replace(runtime_ms=med, runtime_iqr_ms=iqr, reference_runtime_ms=ref_ms,
                               speedup=ref_ms / med if med > 0 else None, timed_calls=len(run.calls),
                               warnings=tuple(result.warnings) + notes)
