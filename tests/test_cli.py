@@ -168,7 +168,7 @@ def test_optimize_summary_adds_up_and_lists_what_it_wrote(tmp_path):
     render_optimize(console, _report(tmp_path))
     text = console.export_text()
     assert "pool: 6 samples = 5 unique + 1 duplicate; unique: 2 correct, 2 incorrect, 1 compile_error" in text
-    assert "timed 2 of the 2 unique correct candidates" in text
+    assert "(timed 2; 2 unique candidate(s) correct after every check)" in text
     assert "same code as #2" in text and re.search(r"^\s*2\s+correct", text, re.M) is None  # no row of its own
     assert "note" in text and "spread" in text  # every column has a header
     assert "wrote " in text and "kernel.cpp, model_new.py, report.json, samples.jsonl" in text

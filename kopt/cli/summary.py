@@ -85,8 +85,8 @@ def render_optimize(console, report: dict[str, Any]) -> None:
     spread = _spread(w.get("runtime_ms"), w.get("runtime_iqr_ms"))
     console.print(
         f"winner: sample {w['index']}, {_fmt_ms(w.get('runtime_ms'))} ms ({spread}) vs reference {_fmt_ms(ref)} ms "
-        f"-> [bold]{w['speedup']:.2f}x[/] (timed {len(report.get('timed') or [])} of the {correct_unique} unique "
-        "correct candidates)", highlight=False)
+        f"-> [bold]{w['speedup']:.2f}x[/] (timed {len(report.get('timed') or [])}; {correct_unique} unique "
+        "candidate(s) correct after every check)", highlight=False)
     median, iqr = w.get("runtime_ms"), w.get("runtime_iqr_ms")
     if median and iqr and iqr > NOISY_IQR_FRACTION * median:
         console.print(f"[yellow]warning:[/] the winner's timings spread by {100 * iqr / median:.0f}% of the median "
