@@ -36,7 +36,7 @@ def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., 
                for p in inspect.signature(fn).parameters.values() if p.name != "values"]
         generated = [
             inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY,
-                              default=typer.Option(None, s.option, help=s.help, show_default=False),
+                              default=typer.Option(None, s.option, help=_with_default(s, command), show_default=False),
                               annotation=Optional[Path if s.path else s.type])
             for s in declared
         ]
@@ -56,3 +56,11 @@ def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., 
         return command_fn
 
     return deco
+
+
+def _with_default(s: Any, command: str) -> str:
+    """The declared help with its default, written once as "(default X)" unless the help already names it."""
+    default = s.per_command.get(command, s.default) if s.per_command else s.default
+    if default in (None, "", False) or "default" in s.help.lower():
+        return s.help
+    return f"{s.help.rstrip().removesuffix('.')} (default {default})."
