@@ -277,6 +277,10 @@ class Pool:
                 missing.append(i)
         total = len(indices)
         self.progress("sampling", len(got), total)
+        if missing and self.backend.cacheable:
+            # Tokens cost money and time: the trusted reference runs first (seconds), so a task that cannot run
+            # on this target fails with its real cause before anything is sampled or compiled.
+            self._backends.evaluator.prepare()
         if missing:
             for i, sample in self._backends.sampler.sample(self.prompt, missing, adapter=adapter):
                 got[i] = sample
@@ -377,6 +381,7 @@ class Pool:
             else:
                 todo.append(i)
         if todo:
+            self._backends.evaluator.prepare()  # the reference before any compile (fails fast, names the real cause)
             sources = [self.candidates[i].code for i in todo]
 
             def done(j: int, result: EvalResult) -> None:
