@@ -195,3 +195,17 @@ def test_a_warning_is_not_repeated_as_the_error(capsys):
     console.print_error("no CUDA device here; use --target cpu", "e.g. --target cpu")
     err = capsys.readouterr().err
     assert err.count("no CUDA device here") == 1 and "see the warning above" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_target_cuda_without_a_device_is_refused_before_any_compile(tmp_path):
+    """The reference runs before anything is compiled: --target cuda on a CPU machine names the real cause
+    (and the fix) instead of ending with 'no correct candidate' after minutes of compiles."""
+    args = ["optimize", "examples/gelu/task.py", "--sampler", "replay", "--samples", "examples/gelu/samples_cpu.jsonl",
+            "--target", "cuda", "--k", "2", "--out", str(tmp_path / "out")]
+    res = kopt(*args, env={"KOPT_HOME": str(tmp_path / "home")})
+    assert res.returncode == 1
+    assert "no CUDA device" in res.stderr and "--target cpu" in res.stderr
+    assert not list((tmp_path / "home").rglob("*.so")), "nothing may be compiled"
+    res = kopt(*args, "--json", env={"KOPT_HOME": str(tmp_path / "home")})
+    assert res.returncode == 1 and json.loads(res.stdout)["hint"] == "use --target cpu"
