@@ -243,10 +243,7 @@ class Evaluator:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            with self._lock:
-                spares, self._spares = self._spares, []
-            for spare in spares:
-                spare.close()
+            self._close_spares()
             if self._spawner is not None:
                 self._spawner.shutdown(wait=False)
             self._ref_outputs = None
@@ -397,7 +394,9 @@ class Evaluator:
         and time sessions of a candidate get the same argv, environment and init message."""
         from kopt.evaluator.session import Session, SessionFailure, SessionSpec
 
-        spare = self._take_spare() if source is not None else None
+        # Timing sessions are started fresh and nothing is spawned while they run: a spare importing torch
+        # beside a timed call takes a core from it and stretches kopt's intervals (2 cores: all of them).
+        spare = self._take_spare() if source is not None and not timing else None
         if spare is not None:
             work = spare.work  # the spare's own dir, bound into it at spawn
         work.mkdir(parents=True, exist_ok=True)
@@ -444,6 +443,12 @@ class Evaluator:
         return Session(spec, work=work, readable=readable, timeout_s=timeout, writable=writable, toolchain=compiled,
                        max_rss_mb=self.settings.max_rss_mb, env=env, gpu=self.settings.target == "cuda",
                        cpu_budget_s=self._run_timeout(True) + (self.settings.compile_timeout_s if compiled else 0))
+
+    def _close_spares(self) -> None:
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.close()
 
     def _session_env(self) -> dict[str, str]:
         env = {"OMP_NUM_THREADS": str(self.settings.resolved_threads())}
@@ -643,6 +648,7 @@ class Evaluator:
             raise ValueError("time() needs one result per source")
         self._require_device()
         self._ensure_reference()
+        self._close_spares()  # an idle or half-started spare must not share the machine with timed calls
         out = list(results)
         todo = [i for i, r in enumerate(results) if r.correct]
         self.progress("time", 0, len(todo))
