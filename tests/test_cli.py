@@ -33,6 +33,7 @@ def kopt(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.Co
     (["optimize"], "Missing argument 'TARGET'"),
     (["hook", "install", "--hook", "pre-comit"], "Invalid value for '--hook'"),  # a bad choice
     (["check", "--tolerance", "ten"], "Invalid value for '--tolerance'"),
+    (["--isolation", "chroot", "check"], "Invalid value for --isolation"),
 ])
 def test_usage_errors_exit_2_with_typers_short_message(args, message):
     res = kopt(*args)

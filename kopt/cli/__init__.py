@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+import typer
+
 from kopt.cli import cache_cmd, check_cmd, compare_cmd, eval_cmd, hook_cmd, init_cmd, optimize_cmd
 from kopt.cli.help import App
 
@@ -19,6 +21,22 @@ app = App(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(isolation: str = typer.Option(
+        None, "--isolation", metavar="LEVEL",
+        help="How candidates are sandboxed: bwrap or unshare (default: the strongest that works here). "
+             "`none` runs them unsandboxed and is only taken when asked for; every verdict records the level.")) -> None:
+    import os
+
+    if isolation is not None:
+        if isolation not in ("bwrap", "unshare", "none"):
+            raise typer.BadParameter(f"{isolation!r} is not one of bwrap, unshare, none", param_hint="--isolation")
+        # The same knob as $KOPT_ISOLATION: every sandboxed child of this run (capture, compile, sessions) uses it.
+        os.environ["KOPT_ISOLATION"] = isolation
+
+
 for module in (init_cmd, eval_cmd, optimize_cmd, compare_cmd, check_cmd):
     module.register(app)
 app.add_typer(cache_cmd.app, name="cache")
