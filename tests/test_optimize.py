@@ -35,6 +35,15 @@ def kopt(args: list[str], home: Path, cwd: Path, **kw) -> subprocess.CompletedPr
                           timeout=kw.pop("timeout", 900), **kw)
 
 
+def err(proc) -> str:
+    """What the user is told about a failure: stderr, plus the JSON error object `--json` puts on stdout."""
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        return proc.stderr + proc.stdout
+    return proc.stderr + " ".join(str(data.get(k, "")) for k in ("error", "hint")) if isinstance(data, dict) else proc.stderr
+
+
 def optimize_args(out: Path, *extra: str, samples: Path = GELU / "samples_cpu.jsonl") -> list[str]:
     return ["optimize", str(GELU / "task.py"), "--sampler", "replay", "--samples", str(samples), "--k", str(K),
             "--target", "cpu", "--out", str(out), "--json", *extra]
@@ -121,7 +130,7 @@ def test_existing_output_is_never_overwritten_silently(first_run, home):
     before = (out / "report.json").read_text()
     proc = kopt(optimize_args(out), home, cwd)
     assert proc.returncode == 1
-    assert "already exists" in proc.stderr and "--force" in proc.stderr and "Traceback" not in proc.stderr
+    assert "already exists" in err(proc) and "--force" in err(proc) and "Traceback" not in err(proc)
     assert (out / "report.json").read_text() == before
 
 
@@ -159,9 +168,9 @@ def test_no_correct_candidate_exits_1_with_counts(home, tmp_path):
     args[args.index("--k") + 1] = str(len(bad))
     proc = kopt(args, home, tmp_path)
     assert proc.returncode == 1
-    assert "no correct candidate" in proc.stderr and "compile_error" in proc.stderr and "incorrect" in proc.stderr
+    assert "no correct candidate" in err(proc) and "compile_error" in err(proc) and "incorrect" in err(proc)
     # The reasons by count, and where every candidate's verdict was written (the run dir).
-    assert "top reasons:" in proc.stderr and "x incorrect:" in proc.stderr and "report.json" in proc.stderr
+    assert "top reasons:" in err(proc) and "x incorrect:" in err(proc) and "report.json" in err(proc)
     assert not (tmp_path / "out").exists()
 
 
@@ -170,7 +179,7 @@ def test_surprisal_needs_logprobs(home, tmp_path):
     samples = tmp_path / "nolp.jsonl"
     samples.write_text("".join(json.dumps({"text": x["text"]}) + "\n" for x in lines))
     proc = kopt(optimize_args(tmp_path / "out", samples=samples), home, tmp_path)
-    assert proc.returncode == 1 and "log-prob" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "log-prob" in err(proc) and "Traceback" not in err(proc)
     # The same pool with --select oracle works without log-probabilities.
     ok = kopt(optimize_args(tmp_path / "out2", "--select", "oracle", samples=samples), home, tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
