@@ -110,7 +110,7 @@ SETTINGS: tuple[Setting, ...] = (
        min=1.0),
     _s("atol", float, None, "Absolute tolerance (default 1e-4 for fp32, 1e-2 for half types).", min=0.0),
     _s("rtol", float, None, "Relative tolerance (default 1e-4 for fp32, 1e-2 for half types).", min=0.0),
-    _s("threads", int, None, "CPU threads a candidate may use (default: the evaluator's choice).", min=1),
+    _s("threads", int, None, "CPU threads for the reference and every candidate (default: all cores but one, kept for kopt).", min=1),
     _s("no_cache", bool, False, "Ignore the cache: sample and evaluate everything again."),
     _s("baseline", str, "best", "What 'faster than the reference' means: eager, compile (torch.compile) or "
        "best (the faster of the two, as KernelBench-v3 scores).", choices=BASELINES),

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import threading
 import uuid
@@ -49,7 +50,7 @@ class EvalSettings:
     compile_timeout_s: float = 300.0  # §4: separate compile and run budgets
     run_timeout_s: float = 120.0  # budget per check/time process (`--timeout`)
     jobs: int = 2  # parallel compiles / checks
-    threads: int | None = None  # CPU threads for candidate AND reference (fixed); None -> os.cpu_count()
+    threads: int | None = None  # CPU threads for candidate AND reference (fixed); None -> all cores but one
     min_calls: int = 100  # timing: >= min_calls calls or >= min_time_s, whichever first (§3 "Statistics")
     min_time_s: float = 1.0
     max_rss_mb: int = 16384
@@ -63,7 +64,16 @@ class EvalSettings:
         return json.dumps(d, sort_keys=True)
 
     def resolved_threads(self) -> int:
-        return int(self.threads or os.cpu_count() or 1)
+        # One core stays free for kopt's own process: a child using every core shares one with the parent's
+        # reader and watchdog threads, and a parallel region one of whose threads is descheduled stalls for
+        # a scheduler tick inside the timed call (3-9 ms on a 2-vCPU VM, on a 0.5 ms reference call).
+        if self.threads:
+            return int(self.threads)
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(1, cores - 1)
 
 
 from kopt.evaluator.build import BuildResult  # noqa: E402 - re-exported: the compile stage's result
@@ -606,8 +616,10 @@ class Evaluator:
     # ---- timing -------------------------------------------------------------------------------------
 
     def _timed_trials(self) -> list[int]:
-        # Same-shape trials only (all but the perturbed one): >= 3 distinct input sets to rotate.
-        return [i for i, tag in enumerate(self._ref_tags) if not tag.startswith("shape variant")][: self.settings.trials]
+        # Timed calls are fresh draws around the first trial's inputs, all on that trial's model: one instance
+        # sees every timed call, so a kernel that goes stale after N calls on an instance (N larger than the
+        # check run's calls per instance) is stale inside the revealed calls. Each trial has its own model.
+        return [next(i for i, tag in enumerate(self._ref_tags) if not tag.startswith("shape variant"))]
 
     def _time_reference(self, fresh: bool = False, extra: Sequence = ()) -> dict:
         """The trusted reference timed through the same harness and protocol as every candidate; `extra`
@@ -634,7 +646,7 @@ class Evaluator:
         overhead = overhead_ns(run)
         med, iqr = median_iqr(per_call_ms(run, overhead))
         self._ref_time = {"median_ms": med, "iqr_ms": iqr, "overhead_ns": overhead, "cores": cores_used(run),
-                          "extra": {r.call: r.outs for r in run.extra}, "extra_order": [r.outs for r in run.extra]}
+                          "run": run, "extra_order": [r.outs for r in run.extra]}
         return self._ref_time
 
     def time(self, sources: Sequence[str], results: Sequence[EvalResult],
@@ -726,7 +738,7 @@ class Evaluator:
             shutil.rmtree(work, ignore_errors=True)
 
     def _judge_timed(self, result: EvalResult, run, before: dict, after: dict) -> EvalResult:
-        from kopt.evaluator.calls import clock_disagrees, cores_used, per_call_ms
+        from kopt.evaluator.calls import clock_disagrees, cores_used, flush_skipped, overhead_ns, per_call_ms
         from kopt.evaluator.targets import median_iqr
 
         timed = [r for r in run.revealed if r.kind == "timed"]
@@ -747,7 +759,13 @@ class Evaluator:
                 return result.replace(status=bad[0], reason=bad[1])
         if not run.calls:
             return result.replace(status=Status.CRASHED, reason="timing: no timed calls")
-        overhead = before["overhead_ns"]
+        skipped = flush_skipped(run, [before["run"], after["run"]])
+        if skipped:
+            return result.replace(status=Status.REJECTED, reason=f"timing: {skipped}")
+        # One overhead for the whole A/B/A triple, from both reference rounds' calls: a per-round estimate
+        # moves by the IPC noise of a few calls (0.5-0.9 ms between rounds on a 2-vCPU VM), which on a ~1 ms call
+        # decided the ranking; subtracted alike from the reference and the candidate, what is left cancels.
+        overhead = overhead_ns(before["run"], after["run"])
         # The runtime below comes from kopt's own intervals (the child's clock refines each call by +-5% at
         # most), so a child whose clock disagrees gains nothing: say so, never reject. Rejecting here threw away
         # honest kernels whenever the machine was loaded enough to stretch kopt's intervals.
@@ -772,7 +790,7 @@ class Evaluator:
             return result.replace(status=Status.REJECTED, reason=(
                 f"timing: kopt's clock saw no time per call beyond the harness's own overhead "
                 f"({overhead / 1e6:.3f} ms, measured on the reference): the speed cannot be credited"))
-        ref_ms = (before["median_ms"] + after["median_ms"]) / 2
+        ref_ms = statistics.fmean(median_iqr(per_call_ms(r["run"], overhead))[0] for r in (before, after))
         slow_note = self._speed_of_light(timed[0] if timed else None, med)
         if slow_note:
             notes = notes + (slow_note,)

@@ -57,6 +57,7 @@ class TimedRun:
     cpu_ns: int = 0
     wall_ns: int = 0
     extra: list[Revealed] = field(default_factory=list)  # outputs on inputs given by the caller (reference)
+    flush_ns: list[int] = field(default_factory=list)  # kopt's clock, `done` to `flushed`, per timed call
 
 
 def redraw(base: list, rng: random.Random) -> list:
@@ -125,7 +126,7 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
     slots = sorted(rng.sample(range(target), min(len(checks), target)))
     timed_inputs: dict[int, tuple[int, list]] = {}
     check_recs: list[tuple[int, Call]] = []
-    cpu0, w0 = s.cpu_ns(), clock()
+    cpu0, w0, f0 = s.cpu_ns(), clock(), len(s.flush_ns)
     i = 0
     while True:
         while slots and slots[0] == i:
@@ -152,6 +153,7 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
         for rec, (outs, after) in zip(pick, got[len(check_recs):]):
             t, args = timed_inputs[rec.call]
             run.revealed.append(Revealed(rec.call, "timed", t, args, outs, after, rec))
+    run.flush_ns = list(s.flush_ns[f0:])
     extra_recs = [(t, args, one(t, args)) for t, args in extra]
     got = s.reveal_many([(rec.call, rec.h) for _t, _a, rec in extra_recs], max_bytes)
     for (t, args, rec), (outs, after) in zip(extra_recs, got):
@@ -159,9 +161,10 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
     return run
 
 
-def overhead_ns(ref: TimedRun) -> int:
-    """The harness's per-call overhead as kopt's clock sees it, on the reference: interval minus its time."""
-    return int(statistics.median(c.interval_ns - c.child_ns for c in ref.calls))
+def overhead_ns(*refs: TimedRun) -> int:
+    """The harness's per-call overhead as kopt's clock sees it, on the reference: interval minus its time,
+    the median over every call of the given reference runs."""
+    return int(statistics.median(c.interval_ns - c.child_ns for ref in refs for c in ref.calls))
 
 
 def per_call_ms(run: TimedRun, overhead: int) -> list[float]:
@@ -187,9 +190,25 @@ def clock_disagrees(run: TimedRun, overhead: int) -> str | None:
     return None
 
 
+def flush_skipped(run: TimedRun, refs: list[TimedRun]) -> str | None:
+    """A sentence when the candidate's cache flushes were far shorter on kopt's clock than the reference's
+    (the same code on the same buffer): its process skipped them, and its calls ran on a warm cache."""
+    mine = statistics.median(run.flush_ns) if run.flush_ns else None
+    theirs = [statistics.median(r.flush_ns) for r in refs if r.flush_ns]
+    if mine is None or not theirs:
+        return None
+    ref = min(theirs)
+    # 3x: the flush writes the same buffer in every session, and load only lengthens it; the reference's
+    # floor is taken over the rounds before and after the candidate.
+    if ref > 200_000 and mine < ref / 3:
+        return (f"the cache flush between calls took {mine / 1e6:.3f} ms where the reference's took "
+                f"{ref / 1e6:.3f} ms: the candidate's process skipped it, so its calls ran on a warm cache")
+    return None
+
+
 def cores_used(run: TimedRun) -> float:
     return run.cpu_ns / run.wall_ns if run.wall_ns else 0.0
 
 
-__all__ = ["Revealed", "TimedRun", "Trial", "check_run", "clock_disagrees", "cores_used", "overhead_ns",
+__all__ = ["Revealed", "TimedRun", "Trial", "check_run", "clock_disagrees", "cores_used", "flush_skipped", "overhead_ns",
            "per_call_ms", "redraw", "timed_run"]
