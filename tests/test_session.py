@@ -200,7 +200,7 @@ def test_a_cuda_session_is_one_process_and_one_context(tmp_path):
         apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=30).stdout.split()
         outs, _ = s.reveal(0, rec.h, 1 << 20)
-        child = s.sandboxed.pid if s.sandboxed is not None else s.proc.pid
+        child = s.sandboxed.pid
     assert torch.equal(outs[0], torch.ones(1024) * 2)
     assert len(apps) == 1 and int(apps[0]) == child, apps
     assert not torch.cuda.is_initialized()  # the parent holds no context of its own

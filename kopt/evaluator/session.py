@@ -4,16 +4,14 @@ Everything the child sends is a claim read by kopt_child.protocol.read_message (
 anything it cannot parse, any death, timeout or flood becomes a SessionFailure whose status and sentence are
 written here. Timing is parent-clocked: each call's inputs are written only after the previous call's
 commitment (`done`, a hash of outputs and inputs-after computed inside the call) arrived, and the parent
-stamps both ends with its own time.perf_counter_ns. The child's CPU time is read by the parent from
-/proc/<pid>/task/*/schedstat, never asked of the child.
+stamps both ends with its own time.perf_counter_ns. The child runs under kopt.evaluator.sandbox.spawn (the
+isolation level, mounts and limits of every child); its CPU time is read by the parent from its cgroup or
+/proc, never asked of the child.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -22,10 +20,6 @@ from pathlib import Path
 
 from kopt.evaluator.kopt_child import protocol
 from kopt.records import Status
-
-CHILD_ROOT = str(Path(__file__).resolve().parent)  # the dir that holds kopt_child/ (top-level package there)
-STDERR_KEEP = 64 << 10
-FLOOD_BYTES = 16 << 20
 
 # The parent's sentence for each closed failure code a child may report.
 FAIL_SENTENCES = {
@@ -125,107 +119,6 @@ def decode_tensors(metas: list[dict], payload: bytes) -> list:
     return out
 
 
-def child_argv() -> list[str]:
-    """`kopt_child run` as a top-level package, -I: no PYTHONPATH, no user site, kopt itself not importable."""
-    code = f"import sys; sys.path.insert(0, {CHILD_ROOT!r}); from kopt_child.__main__ import main; main()"
-    return [sys.executable, "-I", "-c", code, "run"]
-
-
-def _tree_pids(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                ppid = int(f.read().decode(errors="replace").rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, ()))
-    return out
-
-
-def _rss_mb(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except (OSError, ValueError):
-            pass
-    return total / 1024
-
-
-_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "CUDA_HOME")
-_BWRAP = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--unshare-all",
-          "--die-with-parent", "--new-session"]
-
-
-def _isolation() -> str:
-    forced = os.environ.get("KOPT_ISOLATION")
-    if forced in ("bwrap", "unshare", "none"):
-        return forced
-    import shutil
-
-    if shutil.which("bwrap"):
-        return "bwrap"
-    return "unshare" if shutil.which("unshare") else "none"
-
-
-def _local_command(work: Path, readable: Sequence[Path], env: Mapping[str, str] | None, gpu: bool, cpu_s: int,
-                   as_mb: int | None) -> tuple[str, list[str], dict[str, str]]:
-    """The session's argv when kopt.evaluator.sandbox offers no spawn(): bwrap (read-only root, private
-    /tmp with the readable paths bound back, every namespace), else unshare, with rlimits from prlimit."""
-    import shutil
-
-    level = _isolation()
-    child_env = {k: v for k, v in os.environ.items() if k in _ENV_ALLOW}
-    child_env.update(env or {})
-    child_env = {k: v for k, v in child_env.items()
-                 if not any(m in k.upper() for m in ("KEY", "TOKEN", "SECRET", "PASSWORD"))}
-    child_env.update(HOME=str(work), TMPDIR=str(work), NVIDIA_TF32_OVERRIDE="0", PYTHONDONTWRITEBYTECODE="1")
-    cmd = child_argv()
-    if shutil.which("prlimit"):
-        lim = ["prlimit", "--core=0", "--nofile=1024", f"--fsize={2048 << 20}", f"--cpu={cpu_s}"]
-        cmd = lim + ([f"--as={as_mb << 20}"] if as_mb else []) + ["--"] + cmd
-    if level == "bwrap":
-        out = list(_BWRAP)
-        if gpu:
-            for dev in sorted(Path("/dev").glob("nvidia*")):
-                out += ["--dev-bind", str(dev), str(dev)]
-        for p in readable:
-            out += ["--ro-bind", str(p), str(p)]
-        cmd = out + ["--bind", str(work), str(work), "--chdir", str(work), "--"] + cmd
-    elif level == "unshare":
-        cmd = ["unshare", "-rn", "--ipc", "--pid", "--fork", "--kill-child"] + cmd
-    return level, cmd, child_env
-
-
-def cpu_ns(pids: Sequence[int]) -> int:
-    """CPU time of every thread of `pids`, read from /proc/<pid>/task/*/schedstat (first field, ns)."""
-    total = 0
-    for pid in pids:
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
-    return total
-
-
 class Session:
     """A live child session. Use as a context manager; every method raises SessionFailure, nothing else."""
 
@@ -240,9 +133,6 @@ class Session:
         self.max_rss_mb = max_rss_mb
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
-        self._stderr = bytearray()
-        self._stderr_total = 0
-        self._pids: list[int] = []
         self._done = threading.Event()
         self._flushing = False  # a `flushed` the child owes kopt (read before the next frame goes out)
         self._done_at = 0
@@ -252,53 +142,18 @@ class Session:
         # sessions alike, so it cannot tell them apart.
         cpu_s = int((cpu_budget_s or timeout_s) * (cores + 2)) + 30
         as_mb = None if gpu or not max_rss_mb else max_rss_mb + 8192
-        self.sandboxed = None
-        try:
-            from kopt.evaluator.sandbox import Limits, Mounts, python_cmd, spawn
-        except ImportError:  # a tree without sandbox.spawn(): the local launcher below
-            spawn = None
-        if spawn is not None:
-            env = {k: v for k, v in (env or {}).items() if k != "PYTHONPATH"}
-            self.sandboxed = spawn(python_cmd(["run"]), work=work, timeout_s=timeout_s, env=env, gpu=gpu,
-                                   mounts=Mounts(readonly=tuple(str(p) for p in readable),
-                                                 writable=tuple(str(p) for p in writable), toolchain=toolchain),
-                                   limits=Limits(cpu_s=cpu_s, as_mb=as_mb, rss_mb=max_rss_mb))
-            self.isolation = self.sandboxed.isolation
-            if self.sandboxed.stdin is None:
-                raise SessionFailure(Status.CRASHED, "cannot start the sandboxed child")
-            self.fd_in, self.fd_out = self.sandboxed.stdout.fileno(), self.sandboxed.stdin.fileno()
-            self.proc = None
-            threading.Thread(target=self._deadline_watch, daemon=True).start()
-            return
-        self.isolation, cmd, child_env = _local_command(work, [Path(CHILD_ROOT), *readable], env, gpu, cpu_s, as_mb)
-        try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         cwd=str(work), env=child_env, start_new_session=True)
-        except OSError as e:
-            raise SessionFailure(Status.CRASHED, f"cannot start the sandboxed child ({type(e).__name__})") from None
-        self.fd_in, self.fd_out = self.proc.stdout.fileno(), self.proc.stdin.fileno()
-        self._threads = [threading.Thread(target=self._drain, daemon=True),
-                         threading.Thread(target=self._watch, daemon=True)]
-        for t in self._threads:
-            t.start()
+        from kopt.evaluator.sandbox import Limits, Mounts, python_cmd, spawn
 
-    # ---- plumbing -----------------------------------------------------------------------------------
-
-    def _drain(self) -> None:
-        fd = self.proc.stderr.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            self._stderr_total += len(chunk)
-            if len(self._stderr) < STDERR_KEEP:
-                self._stderr += chunk[: STDERR_KEEP - len(self._stderr)]
-            if self._stderr_total > FLOOD_BYTES and not self.killed:
-                self._kill("output flood")
-
+        env = {k: v for k, v in (env or {}).items() if k != "PYTHONPATH"}
+        self.sandboxed = spawn(python_cmd(["run"]), work=work, timeout_s=timeout_s, env=env, gpu=gpu,
+                               mounts=Mounts(readonly=tuple(str(p) for p in readable),
+                                             writable=tuple(str(p) for p in writable), toolchain=toolchain),
+                               limits=Limits(cpu_s=cpu_s, as_mb=as_mb, rss_mb=max_rss_mb))
+        self.isolation = self.sandboxed.isolation
+        if self.sandboxed.stdin is None:
+            raise SessionFailure(Status.CRASHED, "cannot start the sandboxed child")
+        self.fd_in, self.fd_out = self.sandboxed.stdout.fileno(), self.sandboxed.stdin.fileno()
+        threading.Thread(target=self._deadline_watch, daemon=True).start()
     def _deadline_watch(self) -> None:
         """kopt's own run budget (assign() may set it later than the spawn: a spare waits unbudgeted)."""
         while not self._done.wait(0.05):
@@ -314,74 +169,23 @@ class Session:
         self.deadline = time.monotonic() + timeout_s
         return self
 
-    def _watch(self) -> None:
-        n = 0
-        while not self._done.wait(0.05):
-            if self.proc.poll() is not None:
-                return
-            if time.monotonic() > self.deadline:
-                self._kill("timeout")
-                return
-            if n % 4 == 0:
-                self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
-                if self.max_rss_mb and _rss_mb(self._pids) > self.max_rss_mb:
-                    self._kill("memory")
-                    return
-            n += 1
-
-    def _kill(self, why: str) -> None:
-        if self.killed is None:
-            self.killed = why
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for pid in self._pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
     def _death(self, fallback: str) -> SessionFailure:
         """Why the session ended, in kopt's words."""
-        if self.sandboxed is not None:
-            if fallback != "the stream ended" and self.sandboxed.alive():
-                self.sandboxed.kill("protocol")  # a child that broke the protocol gets no grace period
-            res = self.sandboxed.finish(timeout_s=5)
-            self._result = res
-            if self.killed == "timeout" or (res.killed == "timeout" and time.monotonic() >= self.deadline - 1):
-                return SessionFailure(Status.TIMEOUT, f"killed after {self.timeout_s:.0f} s (run timeout)")
-            if res.killed == "timeout":  # finish()'s 5 s: its stream ended and it did not exit
-                return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}, and did not exit")
-            if res.killed == "protocol":
-                return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
-            if res.killed in ("output flood", "memory", "disk") or res.signal:
-                return SessionFailure(Status.CRASHED, res.describe())
-            if fallback == "the stream ended" or res.returncode not in (0, None):
-                return SessionFailure(Status.CRASHED, f"the process exited with code {res.returncode} without a "
-                                      "result (exit at import?)")
-            return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._kill("protocol")
-            self.proc.wait()
-        if self.killed == "timeout":
+        if fallback != "the stream ended" and self.sandboxed.alive():
+            self.sandboxed.kill("protocol")  # a child that broke the protocol gets no grace period
+        res = self.sandboxed.finish(timeout_s=5)
+        self._result = res
+        if self.killed == "timeout" or (res.killed == "timeout" and time.monotonic() >= self.deadline - 1):
             return SessionFailure(Status.TIMEOUT, f"killed after {self.timeout_s:.0f} s (run timeout)")
-        if self.killed == "output flood":
-            return SessionFailure(Status.CRASHED, f"killed: output flood (over {FLOOD_BYTES >> 20} MB on stdout/stderr)")
-        if self.killed == "memory":
-            return SessionFailure(Status.CRASHED, f"killed: resident memory over the {self.max_rss_mb} MB limit (rss)")
-        rc = self.proc.returncode
-        sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc and rc > 128 and self.isolation != "none" else None)
-        if sig:
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            return SessionFailure(Status.CRASHED, f"process died with {name}")
-        if rc not in (0, None) or fallback == "the stream ended":
-            return SessionFailure(Status.CRASHED, f"the process exited with code {rc} without a result (exit at import?)")
+        if res.killed == "timeout":  # finish()'s 5 s: its stream ended and it did not exit
+            return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}, and did not exit")
+        if res.killed == "protocol":
+            return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
+        if res.killed in ("output flood", "memory", "disk") or res.signal:
+            return SessionFailure(Status.CRASHED, res.describe())
+        if fallback == "the stream ended" or res.returncode not in (0, None):
+            return SessionFailure(Status.CRASHED, f"the process exited with code {res.returncode} without a "
+                                  "result (exit at import?)")
         return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
 
     def _send(self, header: dict, payload: bytes = b"") -> None:
@@ -427,8 +231,6 @@ class Session:
         self._send(header, b"".join(blobs))
         h, _ = self._recv(("ready",))
         self._flushing = True
-        if self.proc is not None:
-            self._pids = list(dict.fromkeys(self._pids + _tree_pids(self.proc.pid)))
         return h["init_ops"]
 
     def _flushed(self) -> None:
@@ -503,42 +305,19 @@ class Session:
 
     def cpu_ns(self) -> int:
         """The child's CPU time so far, read by kopt (cgroup or /proc), never asked of the child."""
-        if self.sandboxed is not None:
-            return self.sandboxed.cpu_ns()
-        return cpu_ns(self._pids)
+        return self.sandboxed.cpu_ns()
 
     def close(self) -> None:
         try:
             protocol.write_frame(self.fd_out, {"t": "bye"})
         except (OSError, protocol.ProtocolError):
             pass
-        if self.sandboxed is not None:
-            self._done.set()
-            self.sandboxed.finish(timeout_s=5)
-            if self.remove_work:
-                import shutil
-
-                shutil.rmtree(self.work, ignore_errors=True)
-            return
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         self._done.set()
-        self._kill("closed") if self.proc.poll() is None else None
-        self._kill_leftovers()
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
-        self.proc.wait()
+        self.sandboxed.finish(timeout_s=5)
+        if self.remove_work:
+            import shutil
 
-    def _kill_leftovers(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> Session:
         return self
