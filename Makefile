@@ -29,7 +29,7 @@ demo: install
 	  --target cpu --out out/demo-gelu --force
 
 test: install-vllm
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=40
 
 lint: install
 	$(BIN)/ruff check kopt tests

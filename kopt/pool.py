@@ -389,7 +389,8 @@ class Pool:
                     return
                 self.checked[todo[j]] = result
                 self.evaluated_now += 1
-                self.cache.set("check", self._verdict_key(sources[j]), result.to_json())
+                if not result.transient:
+                    self.cache.set("check", self._verdict_key(sources[j]), result.to_json())
 
             for j, result in enumerate(self._backends.evaluator.check(sources, on_result=done)):
                 done(j, result)
@@ -424,7 +425,8 @@ class Pool:
             def done(j: int, result: EvalResult) -> None:
                 self.timed[todo[j]] = result
                 self.timed_now += 1
-                self.cache.set("time", self._verdict_key(sources[j]), result.to_json())
+                if not result.transient:
+                    self.cache.set("time", self._verdict_key(sources[j]), result.to_json())
 
             results = self._backends.evaluator.time(sources, [self.checked[i] for i in todo], on_result=done)
             for j, result in enumerate(results):

@@ -138,6 +138,9 @@ class EvalResult:
     isolation: str = ""
     warnings: tuple[str, ...] = ()
     toolchain: tuple[tuple[str, str], ...] = ()
+    # The machine, not the candidate, ended it (a SIGKILL kopt did not send: the kernel's OOM killer on a
+    # machine short of memory): reported, never cached, so a rerun evaluates it again.
+    transient: bool = False
 
     @property
     def correct(self) -> bool:

@@ -136,6 +136,35 @@ def test_a_hanging_child_is_a_timeout(tmp_path):
     assert e.value.status is Status.TIMEOUT and "run timeout" in e.value.reason
 
 
+def test_a_child_killed_by_the_machine_is_a_transient_crash(tmp_path):
+    """A SIGKILL kopt did not send (what the kernel's OOM killer does on a machine short of memory) is a crash
+    marked transient, so the pool does not cache it; a crash kopt caused (its memory limit) is not."""
+    import os
+    import signal
+
+    import torch
+
+    body = "import torch.nn as nn\nclass Model(nn.Module):\n    def forward(self, x):\n        return x\n"
+    with pytest.raises(SessionFailure) as e:
+        with _session(tmp_path / "c", body) as s:
+            s.start()
+            s.call(0, 0, [torch.ones(2)])
+            os.kill(s.sandboxed.pid, signal.SIGKILL)
+            s.call(1, 0, [torch.ones(2)])
+    assert e.value.status is Status.CRASHED and e.value.transient, e.value.reason
+    assert "not by kopt" in e.value.reason
+    hog = "import torch.nn as nn\nclass Model(nn.Module):\n    def forward(self, x):\n        return b'x' * (1 << 30)\n"
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "task.py").write_text(hog)
+    spec = SessionSpec(module=str(d / "task.py"), cls="Model", models=(ModelSpec(),))
+    with pytest.raises(SessionFailure) as e:
+        with Session(spec, work=d / "work", readable=[d], timeout_s=60, max_rss_mb=512) as s:
+            s.start()
+            s.call(0, 0, [torch.ones(2)])
+    assert e.value.status is Status.CRASHED and not e.value.transient, e.value.reason
+
+
 # ---- in-process: the parts of the harness that need no child --------------------------------------------
 
 def test_redraw_keeps_every_domain_and_changes_every_tensor():

@@ -539,7 +539,7 @@ class Evaluator:
                     s.start()
                     revealed = check_run(s, self._trials(), self._max_reveal_bytes())
             except SessionFailure as f:
-                return self._base(source, status=f.status, reason=f.reason, **base)
+                return self._base(source, status=f.status, reason=f.reason, transient=f.transient, **base)
             except Exception as e:  # noqa: BLE001 - one candidate never ends a batch
                 return self._base(source, status=Status.CRASHED, **base,
                                   reason=f"kopt could not finish the check session ({type(e).__name__})")
@@ -730,7 +730,7 @@ class Evaluator:
                                 min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes())
             return run, None
         except SessionFailure as f:
-            return None, result.replace(status=f.status, reason=f"timing: {f.reason}")
+            return None, result.replace(status=f.status, reason=f"timing: {f.reason}", transient=f.transient)
         except Exception as e:  # noqa: BLE001 - one candidate never ends a batch
             return None, result.replace(status=Status.CRASHED,
                                         reason=f"timing: kopt could not finish the session ({type(e).__name__})")

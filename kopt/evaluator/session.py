@@ -12,6 +12,7 @@ isolation level, mounts and limits of every child); its CPU time is read by the 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -40,9 +41,9 @@ FAIL_SENTENCES = {
 class SessionFailure(Exception):
     """The session's verdict when it cannot go on: a Status and a sentence kopt wrote."""
 
-    def __init__(self, status: Status, reason: str):
+    def __init__(self, status: Status, reason: str, transient: bool = False):
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.transient = status, reason, transient
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,10 @@ class Session:
         if res.killed == "protocol":
             return SessionFailure(Status.CRASHED, f"the child broke kopt's protocol: {fallback}")
         if res.killed in ("output flood", "memory", "disk") or res.signal:
-            return SessionFailure(Status.CRASHED, res.describe())
+            # A SIGKILL kopt did not send (no limit of kopt's was hit): the machine's OOM killer, most likely.
+            machine = res.signal == signal.SIGKILL and not res.killed
+            return SessionFailure(Status.CRASHED, res.describe() + (" (not by kopt: the machine may be short of "
+                                  "memory; not cached, a rerun tries again)" if machine else ""), transient=machine)
         if fallback == "the stream ended" or res.returncode not in (0, None):
             return SessionFailure(Status.CRASHED, f"the process exited with code {res.returncode} without a "
                                   "result (exit at import?)")

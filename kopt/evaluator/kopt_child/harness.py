@@ -102,6 +102,8 @@ def _call_args(torch, metas: list[dict], payload: bytes, device: str, bufs: dict
             out.append(m["value"])
             continue
         n = protocol.nbytes(m)
+        if off + n > len(payload):
+            raise protocol.ProtocolError("a call's payload shorter than its tensors")
         shape = tuple(m["shape"])
         key = (i, m["dtype"], shape)
         buf = bufs.get(key)
