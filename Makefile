@@ -8,7 +8,7 @@ EXTRAS  ?= dev,hf,plot
 # No KOPT_HOME here: `make demo` and the same `kopt optimize` typed by hand share one cache ($KOPT_HOME, default
 # ~/.cache/kopt; `kopt cache info` prints where), so a rerun either way samples and compiles nothing.
 
-.PHONY: demo test install install-vllm lint clean
+.PHONY: demo test test-slow install install-vllm lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,13 @@ demo: install
 	$(BIN)/kopt optimize examples/gelu/task.py --sampler replay --samples examples/gelu/samples_cpu.jsonl --k 11 \
 	  --target cpu --out out/demo-gelu --force
 
+# Two tiers: `make test` (everything but the `slow` marker, ~15 min on 2 cores) and `make test-slow` (the
+# adversarial batch, the example pools' real compiles, the end-to-end optimize/compare runs, ~35 min). CI runs both.
 test: install-vllm
-	$(BIN)/python -m pytest -q --durations=40
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
+
+test-slow: install-vllm
+	$(BIN)/python -m pytest -q -m slow --durations=25
 
 lint: install
 	$(BIN)/ruff check kopt tests

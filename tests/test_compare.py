@@ -200,6 +200,7 @@ def _pipeline_ready() -> bool:
 
 
 @pytest.mark.skipif(not _pipeline_ready(), reason="kopt.pool / kopt.evaluator or the examples have not landed")
+@pytest.mark.slow
 def test_end_to_end_cpu_compare_and_cached_rerun(tmp_path):
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "kopt", "compare", "examples/gelu", "examples/swish", "--samples", "examples",

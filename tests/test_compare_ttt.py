@@ -157,6 +157,7 @@ def test_ttt_in_the_summary_and_report():
 # ---- end to end: the trained tiny model, the real evaluator ------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_cli_with_ttt_end_to_end(trained_tiny_model_dir, shared_kopt_home, tmp_path):
     k = 8
     cmd = [sys.executable, "-m", "kopt", "compare", str(GELU / "task.py"), "--sampler", "hf", "--model",

@@ -64,6 +64,7 @@ def first_run(home, tmp_path_factory):
     return cwd, out, json.loads(proc.stdout), cache_info(home, cwd)
 
 
+@pytest.mark.slow
 def test_winner_is_written_with_a_measured_speedup(first_run):
     cwd, out, report, _ = first_run
     statuses = [c["status"] for c in report["candidates"]]
@@ -96,6 +97,7 @@ def test_winner_is_written_with_a_measured_speedup(first_run):
     assert Path(report["run_dir"], "samples.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_is_a_full_cache_hit(first_run, home):
     cwd, out, report, _ = first_run
     proc = kopt(optimize_args(out, "--force"), home, cwd)
@@ -111,6 +113,7 @@ def test_rerun_is_a_full_cache_hit(first_run, home):
     assert [c["status"] for c in again["candidates"]] == [c["status"] for c in report["candidates"]]
 
 
+@pytest.mark.slow
 def test_exhaustive_rerun_reuses_every_cached_verdict_and_picks_the_same(first_run, home):
     cwd, out, report, _ = first_run
     proc = kopt(optimize_args(out, "--force", "--exhaustive"), home, cwd)
@@ -125,6 +128,7 @@ def test_exhaustive_rerun_reuses_every_cached_verdict_and_picks_the_same(first_r
     assert full["winner"]["index"] == report["winner"]["index"] and sorted(full["timed"]) == sorted(report["timed"])
 
 
+@pytest.mark.slow
 def test_existing_output_is_never_overwritten_silently(first_run, home):
     cwd, out, _, _ = first_run
     before = (out / "report.json").read_text()
@@ -134,6 +138,7 @@ def test_existing_output_is_never_overwritten_silently(first_run, home):
     assert (out / "report.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_swap_puts_the_kernel_into_a_model(first_run):
     cwd, out, _, _ = first_run
     script = f"""
@@ -174,6 +179,7 @@ def test_no_correct_candidate_exits_1_with_counts(home, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_surprisal_needs_logprobs(home, tmp_path):
     lines = [json.loads(x) for x in (GELU / "samples_cpu.jsonl").read_text().splitlines()]
     samples = tmp_path / "nolp.jsonl"
@@ -186,6 +192,7 @@ def test_surprisal_needs_logprobs(home, tmp_path):
     assert json.loads(ok.stdout)["strategy"] == "oracle"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "KOPT_HOME": str(home)}
