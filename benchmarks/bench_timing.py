@@ -27,13 +27,6 @@ TASK = REPO / "tests" / "fixtures" / "tasks" / "bias_gelu.py"
 KERNELS = REPO / "tests" / "fixtures" / "kernels"
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
@@ -42,10 +35,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["KOPT_HOME"] = tempfile.mkdtemp(prefix="kopt-bench-")
     os.environ.setdefault("KOPT_BUILD_DIR", os.path.join(os.environ["KOPT_HOME"], "build"))
+    from kopt.config import usable_cores
     from kopt.evaluator import EvalSettings, Evaluator
     from kopt.task import load_task
 
-    cores = _cores()
+    cores = usable_cores()
     counts = [int(x) for x in args.threads.split(",") if x] or sorted({max(1, cores - 1), cores})
     task = load_task(str(TASK))
     print(f"{cores} cores; task {TASK.name}; {args.rounds} reference rounds per thread count, "

@@ -42,6 +42,14 @@ def kopt_home() -> Path:
     return home
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask; a container's cpuset narrows it below cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def build_dir() -> Path:
     """Where extension builds live: $KOPT_BUILD_DIR, else kopt_home()/build (see the module docstring). kopt's
     build store is its `v2/` subdir (kopt.evaluator.build: entries written only by kopt's own process)."""

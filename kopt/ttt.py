@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 from kopt import settings as S
+from kopt.config import usable_cores
 from kopt.errors import KoptError
 from kopt.records import EvalResult, Progress, Status, no_progress
 
@@ -245,15 +246,6 @@ def _sleeping(pool):
     return ctx()
 
 
-def _train_threads() -> int:
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def adapt(pool, options: TTTOptions, progress: Progress = no_progress,
           warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run up to `options.ttt_steps` TTT steps on `pool` (a kopt.pool.Pool, sampled and checked: step 0).
@@ -302,7 +294,7 @@ def adapt(pool, options: TTTOptions, progress: Progress = no_progress,
                                sampler_logprobs=pool.candidates[i].sample.token_logprobs)
                      for i, a in zip(prev_indices, adv)]
             t_train = time.monotonic()
-            with torch_threads(_train_threads()):
+            with torch_threads(usable_cores()):
                 if trainer is None:
                     trainer = LoraTrainer(run.model, rank=options.lora_rank, lr=options.ttt_lr,
                                           temperature=run.temperature, seed=run.seed)

@@ -67,13 +67,9 @@ class EvalSettings:
         # One core stays free for kopt's own process: a child using every core shares one with the parent's
         # reader and watchdog threads, and a parallel region one of whose threads is descheduled stalls for
         # a scheduler tick inside the timed call (3-9 ms on a 2-vCPU VM, on a 0.5 ms reference call).
-        if self.threads:
-            return int(self.threads)
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        return max(1, cores - 1)
+        from kopt.config import usable_cores
+
+        return int(self.threads) if self.threads else max(1, usable_cores() - 1)
 
 
 from kopt.evaluator.build import BuildResult  # noqa: E402 - re-exported: the compile stage's result

@@ -210,5 +210,5 @@ def cores_used(run: TimedRun) -> float:
     return run.cpu_ns / run.wall_ns if run.wall_ns else 0.0
 
 
-__all__ = ["Revealed", "TimedRun", "Trial", "check_run", "clock_disagrees", "cores_used", "flush_skipped", "overhead_ns",
-           "per_call_ms", "redraw", "timed_run"]
+__all__ = ["Revealed", "TimedRun", "Trial", "check_run", "clock_disagrees", "cores_used", "flush_skipped",
+           "overhead_ns", "per_call_ms", "redraw", "timed_run"]

@@ -155,6 +155,9 @@ class Session:
             raise SessionFailure(Status.CRASHED, "cannot start the sandboxed child")
         self.fd_in, self.fd_out = self.sandboxed.stdout.fileno(), self.sandboxed.stdin.fileno()
         threading.Thread(target=self._deadline_watch, daemon=True).start()
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+
     def _deadline_watch(self) -> None:
         """kopt's own run budget (assign() may set it later than the spawn: a spare waits unbudgeted)."""
         while not self._done.wait(0.05):
