@@ -69,15 +69,15 @@ def main() -> None:
                 rows["compile warm (cached)"].append(build_s(again, src))
             work = ev.root / "work" / f"bench-{rep}"
             t0 = time.monotonic()
-            with ev._session(None, None, work) as s:
+            with ev.launcher.session(None, None, work, ev.timer.reference()) as s:
                 s.start()
                 rows["session start (ref Model)"].append(time.monotonic() - t0)
             [b] = ev.build([src])
             t0 = time.monotonic()
-            with ev._session(src, b, work / "c") as s:
+            with ev.launcher.session(src, b, work / "c", ev.timer.reference()) as s:
                 s.start()
                 t1 = time.monotonic()
-                check_run(s, ev._trials(), ev._max_reveal_bytes())
+                check_run(s, ev.timer.reference().trials(), ev.timer.reference().max_reveal_bytes())
                 t2 = time.monotonic()
             rows["check: session start"].append(t1 - t0)
             rows["check: calls + reveal"].append(t2 - t1)
@@ -85,13 +85,13 @@ def main() -> None:
             [r] = ev.check([src])
             rows["check overhead (built)"].append(time.monotonic() - t0)
             assert r.correct, r.reason
-            ev._time_reference()
+            ev.timer.time_reference()
             t0 = time.monotonic()
             [t] = ev.time([src], [r])
             rows["time overhead (5 calls)"].append(time.monotonic() - t0)
-        ct = ev._compiled_time
+        ct = ev.timer.compiled_time
         print(f"reference under torch.compile: {ct and round(ct['median_ms'], 4)} ms per call, compile "
-              f"{ct and round(ct['compile_s'], 1)} s (once per evaluator) {ev._compile_note}")
+              f"{ct and round(ct['compile_s'], 1)} s (once per evaluator) {ev.timer.compile_note}")
         print(f"last timed: {t.status.value} {t.reason[:120]} runtime {t.runtime_ms} ms, reference "
               f"{t.reference_runtime_ms} ms, speedup {t.speedup}, vs compile {t.speedup_vs_compile}")
     print(f"{'measure':<28} {'median s':>9} {'runs':>5}")

@@ -48,11 +48,11 @@ def main() -> None:
         st = EvalSettings(target="cpu", jobs=1, threads=threads, min_calls=args.min_calls, min_time_s=0.5,
                           compile_baseline=False)
         with Evaluator(task, st) as ev:
-            ev._ensure_reference()
-            ev._close_spares()
+            ev.prepare()
+            ev.launcher.close_spares()
             meds = []
             for k in range(args.rounds):
-                r = ev._time_reference(fresh=True)
+                r = ev.timer.time_reference(fresh=True)
                 meds.append(r["median_ms"])
                 print(f"  threads {threads} round {k}: median {r['median_ms']:.3f} ms, IQR {r['iqr_ms']:.3f} ms, "
                       f"overhead {r['overhead_ns'] / 1e6:.3f} ms")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import sys
 import threading
 import uuid
@@ -36,8 +35,6 @@ OnResult = Callable[[int, EvalResult], None]
 # Bumped whenever a change could turn an old verdict wrong (checks added, timing changed): cached verdicts
 # are keyed on it, so an upgrade re-evaluates instead of trusting what an older evaluator said.
 VERDICT_VERSION = "5"
-SPARE_IDLE_S = 3600.0  # how long a spare session may wait for its candidate
-SESSION_STARTUP_S = 60.0  # a child session's start-up allowance (process, torch import, extension load)
 _KOPT_ROOT = str(Path(__file__).resolve().parent.parent.parent)  # PYTHONPATH for children
 
 
@@ -157,22 +154,18 @@ class Evaluator:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._ref_lock = threading.Lock()
-        self._ref_outputs: list[list] | None = None
-        self._ref_inputs: list[dict] | None = None
-        self._ref_tags: list[str] = []
-        self._ref_warnings: list[str] = []
-        self._ref_time: dict | None = None
-        self._ref_check_s = 0.0
-        self._ref_oracle: list = []
-        self._ref_fan_in: list = []
-        self._bandwidth = None  # floor.Bandwidth, False when it could not be measured; measured once, lazily
-        self._compiled_time: dict | None = None
-        self._spares: list = []
-        self._spawner: cf.ThreadPoolExecutor | None = None
-        self._compile_note = ""
+        self._ref = None  # reference_data.ReferenceData, loaded once (the reference child's outputs, in memory)
         from kopt.evaluator.build import Builder
+        from kopt.evaluator.launch import Launcher
 
         self.builder = Builder(target=target, settings=self.settings, base=self._base)
+        self.launcher = Launcher(task=task, task_dir=self.task_dir, root=self.root, build_dir=self.build_dir,
+                                 settings=self.settings, target=self.target, builder=self.builder)
+        from kopt.evaluator.timing import Timer
+
+        self.timer = Timer(task=task, task_dir=self.task_dir, root=self.root, settings=self.settings,
+                           launcher=self.launcher, builder=self.builder, reference=self._ensure_reference,
+                           progress=progress)
         self._closed = False
 
     # ---- public API ---------------------------------------------------------------------------------
@@ -249,10 +242,8 @@ class Evaluator:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._close_spares()
-            if self._spawner is not None:
-                self._spawner.shutdown(wait=False)
-            self._ref_outputs = None
+            self.launcher.close()
+            self._ref = None
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Evaluator:
@@ -302,44 +293,32 @@ class Evaluator:
 
     # ---- reference ----------------------------------------------------------------------------------
 
-    def _ensure_reference(self) -> None:
+    def _ensure_reference(self):
         with self._ref_lock:
-            if self._ref_outputs is None:
-                self._build_reference()
+            if self._ref is None:
+                self._ref = self._build_reference()
+            return self._ref
 
-    def _build_reference(self) -> None:
-        import torch
+    def _build_reference(self):
+        from kopt.evaluator import reference_data
 
         self.task.write(self.task_dir)
         spec = {"task": str(self.task_dir / "task.py"), "search_path": self.task.search_path,
                 "trials": self.settings.trials, "threads": self.settings.resolved_threads(),
-                "target": self.settings.target, "device": self._device()}
+                "target": self.settings.target, "device": self.launcher.device()}
         self.ref_dir.mkdir(parents=True, exist_ok=True)
         res, result = self._spawn("kopt.evaluator.reference", "build", spec, self.ref_dir,
                                   max(self.settings.run_timeout_s, 60.0) * 2, readable=[self.task_dir])
-        ref_file = self.ref_dir / "reference.pt"
-        try:
-            if not result or not result.get("ok"):
-                why = (result or {}).get("error") or res.describe()
-                raise TaskError(f"running the reference {self.task.target} failed: {why}",
-                                "run `kopt init` on it or shrink it with --set NAME=VALUE")
-            loaded = torch.load(ref_file, weights_only=True)  # the trusted reference child's file
-            outputs, oracle = loaded["outputs"], loaded.get("oracle") or []
-            fan_in = loaded.get("fan_in") or []
-            inputs = torch.load(self.ref_dir / "inputs.pt", weights_only=True)["trials"]
-        finally:
+        if not result or not result.get("ok"):
             # Reference outputs live only in kopt's memory: never on disk while a candidate runs (hack #17).
             with contextlib.suppress(FileNotFoundError):
-                ref_file.unlink()
-        with self._lock:
-            self._ref_outputs, self._ref_inputs = outputs, inputs
-            # The float64 oracle rule holds only at kopt's own tolerances (a user who loosened them chose).
-            loosened = self.settings.atol is not None or self.settings.rtol is not None
-            self._ref_oracle = [None if loosened else o for o in oracle] + [None] * (len(outputs) - len(oracle))
-            self._ref_fan_in = list(fan_in) + [None] * (len(outputs) - len(fan_in))
-            self._ref_tags = list(result.get("tags", []))
-            self._ref_check_s = float(result.get("check_s", 0.0))
-            self._ref_warnings = list(result.get("warnings", []))
+                (self.ref_dir / "reference.pt").unlink()
+            why = (result or {}).get("error") or res.describe()
+            raise TaskError(f"running the reference {self.task.target} failed: {why}",
+                            "run `kopt init` on it or shrink it with --set NAME=VALUE")
+        # The float64 oracle rule holds only at kopt's own tolerances (a user who loosened them chose).
+        loosened = self.settings.atol is not None or self.settings.rtol is not None
+        return reference_data.load(self.ref_dir, result, loosened=loosened)
 
     # ---- compile ----------------------------------------------------------------------------------
 
@@ -355,164 +334,6 @@ class Evaluator:
             return build.extensions[0].sha256
         return _sha("".join(sorted(e.sha256 for e in build.extensions)))
 
-    # ---- child sessions (kopt_child.harness over session.py) ----------------------------------------
-
-    def _trials(self):
-        from kopt.evaluator.calls import Trial
-
-        return [Trial(model=i, inputs=list(t["inputs"]), outputs=self._ref_outputs[i],
-                      tag=self._ref_tags[i] if i < len(self._ref_tags) else "")
-                for i, t in enumerate(self._ref_inputs)]
-
-    def _model_specs(self) -> tuple:
-        from kopt.evaluator.session import ModelSpec
-
-        specs = []
-        for t in self._ref_inputs:
-            init = t["init"]
-            args, kwargs = ((), dict(init)) if isinstance(init, dict) else (tuple(init), {})
-            specs.append(ModelSpec(args=args, kwargs=kwargs, seed=int(t["seed"]),
-                                   state=tuple(sorted(t.get("state_dict", {}).items()))))
-        return tuple(specs)
-
-    def _max_reveal_bytes(self) -> int:
-        """What one revealed call may carry: 4x the largest reference call's outputs and inputs, + 1 MiB."""
-        from kopt.evaluator.session import tensor_bytes
-
-        big = 0
-        for t, outs in zip(self._ref_inputs, self._ref_outputs):
-            n = sum(len(tensor_bytes(x)) for x in list(t["inputs"]) + list(outs) if hasattr(x, "dtype"))
-            big = max(big, n)
-        return 4 * big + (1 << 20)
-
-    def _run_timeout(self, timing: bool = False) -> float:
-        """A session's budget from the reference's own measured check time, with a floor (never a flat 120 s):
-        start-up (process + torch import) + max(10 s, 50 x the reference's check calls) (+ the timing loop),
-        capped by --timeout."""
-        work = max(10.0, 50.0 * self._ref_check_s)
-        if timing:
-            work += 4 * self.settings.min_time_s + 0.2 * max(self.settings.min_calls, 20) + 50.0 * self._ref_check_s
-        return min(self.settings.run_timeout_s, SESSION_STARTUP_S + work) if not timing else SESSION_STARTUP_S + work
-
-    def _session(self, source: str | None, build: BuildResult | None, work: Path, timing: bool = False,
-                 compiled: bool = False):
-        """One child session: the candidate's ModelNew (source) or the trusted reference's Model (None). Check
-        and time sessions of a candidate get the same argv, environment and init message."""
-        from kopt.evaluator.session import Session, SessionFailure, SessionSpec
-
-        # Timing sessions are started fresh and nothing is spawned while they run: a spare importing torch
-        # beside a timed call takes a core from it and stretches kopt's intervals (2 cores: all of them).
-        spare = self._take_spare() if source is not None and not timing else None
-        if spare is not None:
-            work = spare.work  # the spare's own dir, bound into it at spawn
-        work.mkdir(parents=True, exist_ok=True)
-        readable: list[Path] = []
-        if source is None:
-            module, cls, what = str(self.task_dir / "task.py"), "Model", f"the reference {self.task.target}"
-            readable.append(self.task_dir)
-            if self.task.search_path and Path(self.task.search_path).is_dir():
-                readable.append(Path(self.task.search_path))
-            table: tuple = ()
-        else:
-            (work / "candidate.py").write_text(source)
-            module, cls, what = str(work / "candidate.py"), "ModelNew", "the candidate"
-            # Each .so is copied into the session's own dir and its copy re-hashed there: the child sees no
-            # build store at all, and only kopt's harness runs in it before the copies are loaded.
-            (work / "ext").mkdir(exist_ok=True)
-            rows = []
-            for row, ext in zip(self.builder.child_table(build), [e for e in build.extensions if not e.compile_only]):
-                copy = work / "ext" / f"{ext.name}.so"
-                shutil.copyfile(ext.so_path, copy)
-                if hashlib.sha256(copy.read_bytes()).hexdigest() != ext.sha256:
-                    if spare is not None:
-                        spare.close()
-                    raise SessionFailure(Status.REJECTED, "the compiled extension changed since it was built")
-                rows.append(dict(row, so=str(copy)))
-            table = tuple(rows)
-        spec = SessionSpec(module=module, cls=cls, models=self._model_specs(), extensions=table, ext_by_key=True,
-                           threads=self.settings.resolved_threads(), device=self._device(),
-                           search_path=self.task.search_path if source is None else None, what=what,
-                           compile=compiled)
-        env = self._session_env()
-        writable: list[Path] = []
-        timeout = self._run_timeout(timing)
-        if source is None:  # the trusted reference is not held to a candidate's budget (a loaded machine)
-            timeout = max(timeout, 2 * self.settings.run_timeout_s)
-        if spare is not None:
-            return spare.assign(spec, timeout)
-        if compiled:  # trusted reference only: Inductor needs the compiler and its own cache, never a candidate's
-            cache = self.build_dir.parent / (self.build_dir.name + "-inductor")
-            cache.mkdir(parents=True, exist_ok=True)
-            writable.append(cache)
-            env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
-            timeout += self.settings.compile_timeout_s
-        return Session(spec, work=work, readable=readable, timeout_s=timeout, writable=writable, toolchain=compiled,
-                       max_rss_mb=self.settings.max_rss_mb, env=env, gpu=self.settings.target == "cuda",
-                       cpu_budget_s=self._run_timeout(True) + (self.settings.compile_timeout_s if compiled else 0))
-
-    def _close_spares(self) -> None:
-        with self._lock:
-            spares, self._spares = self._spares, []
-        for spare in spares:
-            spare.close()
-
-    def _session_env(self) -> dict[str, str]:
-        env = {"OMP_NUM_THREADS": str(self.settings.resolved_threads())}
-        env.update(self.target.build_env())
-        return env
-
-    def _spawn_spare(self):
-        from kopt.evaluator.session import Session
-
-        work = self.root / "work" / f"session-{uuid.uuid4().hex[:10]}"
-        return Session(None, work=work, timeout_s=SPARE_IDLE_S + self._run_timeout(True),
-                       max_rss_mb=self.settings.max_rss_mb, env=self._session_env(), gpu=False,
-                       cpu_budget_s=self._run_timeout(True), threads=self.settings.resolved_threads(),
-                       remove_work=True)
-
-    def _take_spare(self):
-        """A candidate session started ahead of need (process start and torch import off the critical path):
-        every candidate still gets a fresh process of its own, with the same argv, environment and mounts.
-        CPU only (a GPU device runs one child at a time)."""
-        if self.settings.target != "cpu" or self._closed:
-            return None
-        # Spawned from one long-lived thread: the sandbox kills a child when the thread that started it exits
-        # (bwrap --die-with-parent is per thread), and check()'s pool threads end before time() runs.
-        with self._lock:
-            if self._spawner is None:
-                self._spawner = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kopt-spawner")
-            spare = self._spares.pop(0) if self._spares else None
-            while len(self._spares) < max(1, self.settings.jobs):
-                self._spares.append(self._spawner.submit(self._spawn_spare).result())
-        return spare or self._spawner.submit(self._spawn_spare).result()
-
-    def _time_compiled_reference(self, eager: dict) -> dict | None:
-        """The reference under torch.compile (default mode), timed once per evaluator like eager; its compile
-        time (the first call) is reported apart and never inside a timed call. None (with a note, once) when it
-        does not compile here."""
-        from kopt.evaluator.calls import per_call_ms, timed_run
-        from kopt.evaluator.session import SessionFailure
-        from kopt.evaluator.targets import median_iqr
-
-        if not self.settings.compile_baseline:
-            return None
-        if self._compiled_time is not None or self._compile_note:
-            return self._compiled_time
-        work = self.root / "work" / f"reference-compile-{uuid.uuid4().hex[:6]}"
-        try:
-            with self._session(None, None, work, timing=True, compiled=True) as s:
-                s.start()
-                run = timed_run(s, self._trials(), self._timed_trials(), min_calls=self.settings.min_calls,
-                                min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes(), reveal=False)
-        except SessionFailure as f:
-            self._compile_note = f"torch.compile baseline: the reference did not compile here ({f.reason}); eager only"
-            return None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        med, iqr = median_iqr(per_call_ms(run, eager["overhead_ns"]))
-        self._compiled_time = {"median_ms": med, "iqr_ms": iqr, "compile_s": run.warmup[0].interval_ns / 1e9}
-        return self._compiled_time
-
     def _verify(self, build: BuildResult) -> str | None:
         """Re-hash every .so before a session (hashes a child reports are never used)."""
         return self.builder.verify(build)
@@ -520,279 +341,44 @@ class Evaluator:
     # ---- correctness --------------------------------------------------------------------------------
 
     def _check_one(self, i: int, source: str, build: BuildResult) -> EvalResult:
+        from kopt.evaluator import verdicts
         from kopt.evaluator.calls import check_run
         from kopt.evaluator.session import SessionFailure
 
         base = dict(binary_sha256=self._binary_sha(build), compile_s=build.compile_s,
-                    warnings=tuple(build.warnings) + tuple(self._ref_warnings), trials_total=len(self._ref_outputs))
+                    warnings=tuple(build.warnings) + self._ref.warnings, trials_total=len(self._ref.outputs))
         why = self._verify(build)
         if why:
             return self._base(source, status=Status.REJECTED, reason=why, **base)
         work = self.root / "work" / f"{i}-{_sha(source)[:12]}-check-{uuid.uuid4().hex[:6]}"
         try:
             try:
-                with self._session(source, build, work) as s:
+                with self.launcher.session(source, build, work, self._ref) as s:
                     s.start()
-                    revealed = check_run(s, self._trials(), self._max_reveal_bytes())
+                    revealed = check_run(s, self._ref.trials(), self._ref.max_reveal_bytes())
             except SessionFailure as f:
                 return self._base(source, status=f.status, reason=f.reason, transient=f.transient, **base)
             except Exception as e:  # noqa: BLE001 - one candidate never ends a batch
                 return self._base(source, status=Status.CRASHED, **base,
                                   reason=f"kopt could not finish the check session ({type(e).__name__})")
-            status, reason, passed, notes = self._judge_check(revealed)
+            status, reason, passed, notes = verdicts.judge_check(revealed, self._ref, self.settings.atol,
+                                                                 self.settings.rtol)
             base["warnings"] = base["warnings"] + tuple(notes)
             return self._base(source, status=status, reason=reason, trials_passed=passed, **base)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _judge_call(self, r, refs, label: str, oracle=None, fan_in=None) -> tuple[Status, str] | None:
-        """One revealed call: the extension ran, outputs match `refs` (and the float64 `oracle` when there
-        is one), no alias, inputs unchanged."""
-        from kopt.evaluator import judge
-
-        if r.record.ext_calls == 0:
-            return (Status.REJECTED, f"{label}: forward never called its compiled extension "
-                    "(the work is done by torch, not the kernel)")
-        why = judge.compare_all(r.outs, refs, self.settings.atol, self.settings.rtol, oracle=oracle,
-                                fan_in=fan_in if oracle is not None else None)
-        if why:
-            return Status.INCORRECT, f"{label}: {why}"
-        if r.record.alias:
-            return Status.INCORRECT, f"{label}: an output aliases an input tensor"
-        sent = [x for x in r.inputs if hasattr(x, "dtype")]
-        why = judge.same_inputs(r.after, sent)
-        if why:
-            return Status.INCORRECT, f"{label}: {why}"
-        return None
-
-    def _oracle(self, trial: int):
-        return self._ref_oracle[trial] if trial < len(self._ref_oracle) else None
-
-    def _fan_in(self, trial: int):
-        """Trial `trial`'s per-output fan-in; later trials of one shape reuse the first's (oracle.run_oracle)."""
-        own = self._ref_fan_in[trial] if trial < len(self._ref_fan_in) else None
-        if own and any(f is not None for f in own):
-            return own
-        first = self._ref_fan_in[0] if self._ref_fan_in else None
-        same = (trial < len(self._ref_outputs) and self._ref_outputs and
-                [tuple(o.shape) for o in self._ref_outputs[trial]] == [tuple(o.shape) for o in self._ref_outputs[0]])
-        return first if same else own
-
-    def _judge_check(self, revealed) -> tuple[Status, str, int, list[str]]:
-        from kopt.evaluator import judge
-
-        notes: list[str] = []
-        refs = self._ref_outputs
-        first: dict[int, list] = {}
-        passed: set[int] = set()
-        for r in revealed:
-            tag = self._ref_tags[r.trial] if r.trial < len(self._ref_tags) else ""
-            label = f"trial {r.trial} ({tag})" if tag else f"trial {r.trial}"
-            if r.kind == "ghost":
-                if judge.compare_all(r.outs, refs[r.trial], self.settings.atol, self.settings.rtol) is None:
-                    return (Status.REJECTED, "decoy: the output stays correct when the extension's results are "
-                            "replaced by NaN, so torch does the work", len(passed), notes)
-                continue
-            if r.pass_no:
-                label += " (second pass, the same buffers refilled)"
-            bad = self._judge_call(r, refs[r.trial], label, self._oracle(r.trial), self._fan_in(r.trial))
-            if bad:
-                return bad[0], bad[1], len(passed), notes
-            if r.pass_no == 0:
-                first[r.trial] = r.outs
-            elif not judge.bitwise_equal(first.get(r.trial), r.outs) and not notes:
-                notes.append("nondeterministic: two runs on the same input differ bitwise (both pass)")
-            if r.pass_no:
-                passed.add(r.trial)
-        ops = max((r.record.lib_ops for r in revealed if r.kind == "check"), default=0)
-        if ops:
-            notes.append(f"library compute: forward ran {ops} torch op(s) per call besides its extension")
-        return Status.CORRECT, "", len(passed), notes
-
-    # ---- timing -------------------------------------------------------------------------------------
-
-    def _timed_trials(self) -> list[int]:
-        # Timed calls are fresh draws around the first trial's inputs, all on that trial's model: one instance
-        # sees every timed call, so a kernel that goes stale after N calls on an instance (N larger than the
-        # check run's calls per instance) is stale inside the revealed calls. Each trial has its own model.
-        return [next(i for i, tag in enumerate(self._ref_tags) if not tag.startswith("shape variant"))]
-
-    def _time_reference(self, fresh: bool = False, extra: Sequence = ()) -> dict:
-        """The trusted reference timed through the same harness and protocol as every candidate; `extra`
-        (trial, inputs) calls run after its timed loop give the expected outputs of a candidate's revealed
-        calls, computed on exactly those inputs."""
-        from kopt.evaluator.calls import cores_used, overhead_ns, per_call_ms, timed_run
-        from kopt.evaluator.session import SessionFailure
-        from kopt.evaluator.targets import median_iqr
-
-        if self._ref_time is not None and not fresh and not extra:
-            return self._ref_time
-        work = self.root / "work" / f"reference-time-{uuid.uuid4().hex[:6]}"
-        try:
-            with self._session(None, None, work, timing=True) as s:
-                s.start()
-                run = timed_run(s, self._trials(), self._timed_trials(), min_calls=self.settings.min_calls,
-                                min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes(),
-                                extra=list(extra), reveal=False)
-        except SessionFailure as f:
-            raise TaskError(f"timing the reference {self.task.target} failed: {f.reason}",
-                            "raise --timeout or shrink the task with --set NAME=VALUE") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        overhead = overhead_ns(run)
-        med, iqr = median_iqr(per_call_ms(run, overhead))
-        self._ref_time = {"median_ms": med, "iqr_ms": iqr, "overhead_ns": overhead, "cores": cores_used(run),
-                          "run": run, "extra_order": [r.outs for r in run.extra]}
-        return self._ref_time
+    # ---- timing (timing.py) ---------------------------------------------------------------------------
 
     def time(self, sources: Sequence[str], results: Sequence[EvalResult],
              on_result: OnResult | None = None) -> list[EvalResult]:
-        """Time the given correct candidates one at a time, nothing else running; others pass through.
-
-        A/B/A: the reference is timed again right after each candidate (the same run computes the expected
-        outputs of the candidate's revealed calls), and the speedup is against the mean of the two reference
-        rounds around it, so load that comes and goes on the machine cannot favour one side."""
+        """Time the given correct candidates one at a time, nothing else running; others pass through
+        (timing.Timer.time: A/B/A against the reference, every verdict from kopt's own intervals)."""
         if len(sources) != len(results):
             raise ValueError("time() needs one result per source")
         self._require_device()
         self._ensure_reference()
-        self._close_spares()  # an idle or half-started spare must not share the machine with timed calls
-        out = list(results)
-        todo = [i for i, r in enumerate(results) if r.correct]
-        self.progress("time", 0, len(todo))
-        if todo:
-            before = self._time_reference()
-            compiled = self._time_compiled_reference(before)
-        from kopt.evaluator.baseline import baseline_changes, baseline_snapshot
-
-        for done, i in enumerate(todo, 1):
-            # A clean baseline before each reference round: a candidate that leaves processes, shared memory
-            # or edited trusted files behind could slow the reference timed after it and so raise its own speedup.
-            clean = baseline_snapshot(watch=[str(self.task_dir)])
-            run, failed = self._time_candidate(sources[i], results[i], before)
-            left = baseline_changes(clean)
-            extra = [(r.trial, r.inputs) for r in run.revealed if r.kind == "timed"] if run else []
-            after = self._time_reference(fresh=True, extra=extra)
-            timed = failed or self._judge_timed(results[i], run, before, after)
-            if left and timed.correct:
-                timed = timed.replace(status=Status.REJECTED, runtime_ms=None, speedup=None, reason=(
-                    "timing: it left state behind that could slow the reference timed after it: " + "; ".join(left))[:600])
-            if timed.runtime_ms and compiled:
-                timed = timed.replace(compile_reference_runtime_ms=compiled["median_ms"],
-                                      speedup_vs_compile=compiled["median_ms"] / timed.runtime_ms)
-            elif timed.runtime_ms and self._compile_note:
-                timed = timed.replace(warnings=tuple(timed.warnings) + (self._compile_note,))
-            before = after
-            out[i] = timed
-            self.progress("time", done, len(todo))
-            if on_result:
-                on_result(i, out[i])
-        return out
-
-    def _speed_of_light(self, call, runtime_ms: float) -> str | None:
-        """A flag (never a verdict) when a time is under what this machine needs to move the call's bytes
-        (floor.py: the measured copy bandwidth): either noise, or work done outside the timed call."""
-        from kopt.evaluator import floor
-
-        if call is None:
-            return None
-        try:
-            if self._bandwidth is None:
-                self._bandwidth = floor.bandwidth(self._device(), self.settings.resolved_threads()) or False
-            if not self._bandwidth:
-                return None
-            limit = floor.floor_ms(floor.bytes_moved(list(call.inputs), list(call.outs)), self._bandwidth)
-            why = floor.implausible(runtime_ms, limit)
-        except Exception:  # noqa: BLE001 - no floor means no flag, never a lost verdict
-            return None
-        return f"speed of light: {why}" if why else None
-
-    def _time_candidate(self, source: str, result: EvalResult, ref: dict):
-        """(the timed run, None) or (None, the verdict when the session failed)."""
-        from kopt.evaluator.calls import timed_run
-        from kopt.evaluator.session import SessionFailure
-
-        build = self._build(source)
-        if build.failure is not None:
-            return None, build.failure
-        why = self._verify(build)
-        if why:
-            return None, result.replace(status=Status.REJECTED, reason=f"timing: {why}")
-        work = self.root / "work" / f"{_sha(source)[:12]}-time-{uuid.uuid4().hex[:6]}"
-        try:
-            with self._session(source, build, work, timing=True) as s:
-                s.start()
-                run = timed_run(s, self._trials(), self._timed_trials(), min_calls=self.settings.min_calls,
-                                min_time_s=self.settings.min_time_s, max_bytes=self._max_reveal_bytes())
-            return run, None
-        except SessionFailure as f:
-            return None, result.replace(status=f.status, reason=f"timing: {f.reason}", transient=f.transient)
-        except Exception as e:  # noqa: BLE001 - one candidate never ends a batch
-            return None, result.replace(status=Status.CRASHED,
-                                        reason=f"timing: kopt could not finish the session ({type(e).__name__})")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _judge_timed(self, result: EvalResult, run, before: dict, after: dict) -> EvalResult:
-        from kopt.evaluator.calls import clock_disagrees, cores_used, flush_skipped, overhead_ns, per_call_ms
-        from kopt.evaluator.targets import median_iqr
-
-        timed = [r for r in run.revealed if r.kind == "timed"]
-        expected = after["extra_order"]
-        if len(expected) != len(timed):
-            return result.replace(status=Status.CRASHED, reason="timing: the reference did not re-run the revealed calls")
-        for r in run.revealed:
-            if r.kind != "check":
-                continue
-            tag = self._ref_tags[r.trial] if r.trial < len(self._ref_tags) else ""
-            bad = self._judge_call(r, self._ref_outputs[r.trial], f"check call on trial {r.trial} ({tag}) during timing",
-                                   self._oracle(r.trial), self._fan_in(r.trial))
-            if bad:
-                return result.replace(status=bad[0], reason=bad[1])
-        for r, refs in zip(timed, expected):
-            bad = self._judge_call(r, refs, f"timed call {r.call} (revealed after timing)")
-            if bad:
-                return result.replace(status=bad[0], reason=bad[1])
-        if not run.calls:
-            return result.replace(status=Status.CRASHED, reason="timing: no timed calls")
-        skipped = flush_skipped(run, [before["run"], after["run"]])
-        if skipped:
-            return result.replace(status=Status.REJECTED, reason=f"timing: {skipped}")
-        # One overhead for the whole A/B/A triple, from both reference rounds' calls: a per-round estimate
-        # moves by the IPC noise of a few calls (0.5-0.9 ms between rounds on a 2-vCPU VM), which on a ~1 ms call
-        # decided the ranking; subtracted alike from the reference and the candidate, what is left cancels.
-        overhead = overhead_ns(before["run"], after["run"])
-        # The runtime below comes from kopt's own intervals (the child's clock refines each call by +-5% at
-        # most), so a child whose clock disagrees gains nothing: say so, never reject. Rejecting here threw away
-        # honest kernels whenever the machine was loaded enough to stretch kopt's intervals.
-        clock_note = clock_disagrees(run, overhead)
-        threads = self.settings.resolved_threads()
-        cores, ref_cores = cores_used(run), max(before["cores"], after["cores"])
-        if cores > max(threads, ref_cores) * 1.5 + 0.5:
-            return result.replace(status=Status.REJECTED, reason=(
-                f"timing: the candidate's process used {cores:.1f} cores during timing with --threads {threads} "
-                f"(the reference used {ref_cores:.1f}); its CPU time is read by kopt"))
-        med, iqr = median_iqr(per_call_ms(run, overhead))
-        notes: tuple[str, ...] = (f"timing: {clock_note}",) if clock_note else ()
-        if not med > 0 and clock_note:  # the child's clock is all there is, and it disagrees with kopt's
-            return result.replace(status=Status.REJECTED, reason=f"timing: {clock_note}; the speed cannot be credited")
-        if not med > 0:
-            # Below kopt's clock resolution (the harness's overhead noise is larger than the call): the child's
-            # own time, bounded by kopt's raw interval of each call, with a note saying so.
-            med, iqr = median_iqr([min(c.child_ns, c.interval_ns) / 1e6 for c in run.calls])
-            notes = notes + ("timing: the call is below kopt's clock resolution here (harness overhead "
-                     f"{overhead / 1e6:.3f} ms): timed by the child's clock, bounded by kopt's interval",)
-        if not med > 0:  # nothing measurable at all: never credited with a time
-            return result.replace(status=Status.REJECTED, reason=(
-                f"timing: kopt's clock saw no time per call beyond the harness's own overhead "
-                f"({overhead / 1e6:.3f} ms, measured on the reference): the speed cannot be credited"))
-        ref_ms = statistics.fmean(median_iqr(per_call_ms(r["run"], overhead))[0] for r in (before, after))
-        slow_note = self._speed_of_light(timed[0] if timed else None, med)
-        if slow_note:
-            notes = notes + (slow_note,)
-        return result.replace(runtime_ms=med, runtime_iqr_ms=iqr, reference_runtime_ms=ref_ms,
-                              speedup=ref_ms / med if med > 0 else None, timed_calls=len(run.calls),
-                              warnings=tuple(result.warnings) + notes)
+        return self.timer.time(sources, results, on_result)
 
 
 __all__ = ["BuildResult", "EvalSettings", "Evaluator", "resolve_target"]
