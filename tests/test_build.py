@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from kopt.evaluator import EvalSettings
-from kopt.evaluator.build import Builder, CaptureError, parse_capture, sha256_file
+from kopt.evaluator.build import Builder
+from kopt.evaluator.build_store import sha256_file
+from kopt.evaluator.capture_stage import CaptureError, parse_capture
 from kopt.records import EvalResult, Status
 
 KERNEL = r'''
@@ -199,7 +201,7 @@ def test_a_candidate_cannot_poison_another_kernels_build(honest, store_env, tmp_
     b, r = honest
     [ext] = r.extensions
     before = sha256_file(ext.so_path)
-    from kopt.evaluator.build import run_capture
+    from kopt.evaluator.capture_stage import run_capture
 
     poison = POISON.replace("STORE", str(store_env[1]))
     # The capture stage directly (the static gate, which rejects this source, is defence in depth only):
@@ -313,7 +315,7 @@ def test_a_killed_compile_leaves_nothing_in_the_store(store_env):
 
 def test_the_pch_is_kopts_own_and_read_only(store_env):
     from kopt.evaluator import sandbox
-    from kopt.evaluator.build import ensure_pch
+    from kopt.evaluator.pch import ensure_pch
 
     b = _builder(store_env)
     entry = ensure_pch(b)

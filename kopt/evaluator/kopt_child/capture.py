@@ -4,7 +4,7 @@ The build stage never compiles inside a candidate's process (its Python could re
 or the build dir on the way to the compiler). Here torch.utils.cpp_extension.load_inline and load are replaced
 by a recorder before the candidate is imported; each call is recorded (sources, functions, every keyword) and
 answered with a placeholder module so the import completes. The one JSON document this prints on the saved
-stdout is a claim: kopt's parent parses it strictly (build.parse_capture) and decides everything else itself.
+stdout is a claim: kopt's parent parses it strictly (capture_stage.parse_capture) and decides everything else itself.
 
 `record_call` and `extension_key` are shared with the run child (extensions.py), so the parent and the child
 name an extension by the same function of the same call.
