@@ -44,6 +44,7 @@ from kopt.evaluator.static_rules import (  # noqa: F401 - the rule tables, re-ex
     TORCH_LIBRARY_ROOTS,
     TORCH_NON_COMPUTE,
 )
+from kopt.evaluator.static_scope import ModuleScope, attr_used, is_import_guard, string_constants
 
 TARGETS = ("cpu", "cuda")
 
@@ -60,7 +61,7 @@ class StaticReport:
 
 # ---- rules: Python in kopt/evaluator/static_rules.py, C++/CUDA in kopt/evaluator/static_cpp.py ----------
 
-class _Checker(ast.NodeVisitor):
+class _Checker(ModuleScope, ast.NodeVisitor):
     def __init__(self, target: str, fp32_task: bool = True):
         self.target = target
         self.fp32_task = fp32_task
@@ -76,80 +77,6 @@ class _Checker(ast.NodeVisitor):
         self.name_uses: dict[str, int] = {}
         self.func_stack: list[str] = []
         self.has_model_new = False
-
-    # -- helpers --
-    def reject(self, node: ast.AST | None, msg: str) -> None:
-        where = f"line {node.lineno}: " if node is not None and hasattr(node, "lineno") else ""
-        text = where + msg
-        if text not in self.rejections:
-            self.rejections.append(text)
-
-    def warn(self, node: ast.AST | None, msg: str) -> None:
-        where = f"line {node.lineno}: " if node is not None and hasattr(node, "lineno") else ""
-        text = where + msg
-        if text not in self.warnings:
-            self.warnings.append(text)
-
-    def qualname(self, node: ast.AST) -> str | None:
-        """The fully qualified dotted name of a Name/Attribute chain rooted at an import, else None."""
-        if isinstance(node, ast.Name):
-            return self.aliases.get(node.id)
-        if isinstance(node, ast.Attribute):
-            base = self.qualname(node.value)
-            return f"{base}.{node.attr}" if base else None
-        return None
-
-    def module_valued(self, node: ast.AST) -> str | None:
-        """The module (or module attribute) this expression may evaluate to, through aliases and containers
-        (`m = [torch][0]`, `getattr(torch, "cuda")`), else None. A call's result is a value, not a module."""
-        if isinstance(node, ast.Name):
-            return self.aliases.get(node.id) or self.mod_names.get(node.id)
-        if isinstance(node, ast.Attribute):
-            qn = self.qualname(node)
-            if qn:
-                return qn
-            if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in self.mod_attrs:
-                return self.mod_attrs[node.attr]
-            base = self.module_valued(node.value)
-            return f"{base}.{node.attr}" if base else None
-        if isinstance(node, ast.Call):
-            if isinstance(node.func, ast.Name) and node.func.id == "getattr" and node.args:
-                base = self.module_valued(node.args[0])
-                return f"{base}.<attr>" if base else None
-            return None
-        if isinstance(node, (ast.Lambda, ast.FunctionDef)):
-            return None
-        for child in ast.iter_child_nodes(node):  # [torch][0], (x, torch)[1], torch if c else os
-            found = self.module_valued(child)
-            if found:
-                return found
-        return None
-
-    def bare_module(self, node: ast.AST) -> str | None:
-        """A module object itself (`torch`, `torch.cuda`, `m` after `m = [torch][0]`), not a value from one
-        (`torch.float32` and `F.relu` are passed to calls all the time)."""
-        if not isinstance(node, (ast.Name, ast.Attribute)):
-            return None
-        qn = self.module_valued(node)
-        imported = {self.aliases[m] for m in self.modules}
-        if qn and (qn in imported or qn.split(".")[-1] in MODULE_LEAVES):
-            return qn
-        return None
-
-    def bind(self, target: ast.AST, value: ast.AST) -> None:
-        """Track names and self attributes that may hold a module (aliasing past the qualified-name rules)."""
-        mod = self.module_valued(value)
-        for t in ast.walk(target) if isinstance(target, (ast.Tuple, ast.List)) else [target]:
-            if isinstance(t, ast.Name):
-                if mod:
-                    self.mod_names[t.id] = mod
-                else:
-                    self.mod_names.pop(t.id, None)
-            elif isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
-                if mod:
-                    self.mod_attrs[t.attr] = mod
-                else:
-                    self.mod_attrs.pop(t.attr, None)
 
     def in_runtime_code(self) -> bool:
         # forward-time code: any function other than a constructor (module level runs once at import)
@@ -278,7 +205,7 @@ class _Checker(ast.NodeVisitor):
 
     # -- statements --
     def visit_Try(self, node: ast.AST) -> None:
-        if not _is_import_guard(node):
+        if not is_import_guard(node):
             self.reject(node, "try/except: a fallback can route around the kernel (KernelBench PR #110); "
                               "let errors propagate")
         self.generic_visit(node)
@@ -467,36 +394,6 @@ class _Checker(ast.NodeVisitor):
             self.reject(node, "load_inline(cuda_sources=...) for the cpu target: write C++ in cpp_sources")
 
 
-def _is_import_guard(node: ast.AST) -> bool:
-    """`try: import x / except ImportError: x = None`: an optional import, not a fallback around the kernel
-    (a later `if x is None: torch...` is what the runtime library-compute check sees)."""
-    simple = (ast.Import, ast.ImportFrom, ast.Pass, ast.Assign, ast.AnnAssign, ast.Expr)
-    def plain(s: ast.stmt) -> bool:  # an import, or `HAVE_X = True`
-        return isinstance(s, (ast.Import, ast.ImportFrom, ast.Pass)) or (
-            isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant))
-
-    if not node.body or not all(plain(s) for s in node.body):
-        return False
-    if not any(isinstance(s, (ast.Import, ast.ImportFrom)) for s in node.body) or getattr(node, "finalbody", None):
-        return False
-    for h in node.handlers:
-        names = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
-        if not names or not all(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
-                                for n in names):
-            return False
-        if not all(isinstance(s, simple) for s in h.body):
-            return False
-    return all(isinstance(s, simple) for s in node.orelse)
-
-
-def _string_constants(tree: ast.AST) -> list[str]:
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            out.append(node.value)
-    return out
-
-
 def check_source(source: str, target: str, *, fp32_task: bool = True) -> StaticReport:
     """Check a candidate's source without running it. `target` is "cpu" or "cuda"; `fp32_task` (kopt's tasks
     are fp32 unless the task says otherwise) decides whether lowering fp32 precision is a rejection."""
@@ -521,11 +418,11 @@ def check_source(source: str, target: str, *, fp32_task: bool = True) -> StaticR
         rejections.append("no `class ModelNew` is defined: the candidate must define ModelNew(nn.Module)")
     if not c.load_inline_calls:
         rejections.append("no load_inline(...) call: nothing is compiled, so no kernel of the candidate's runs")
-    elif c.ext_names and not any(c.name_uses.get(n, 0) > 0 or _attr_used(tree, n) for n in c.ext_names):
+    elif c.ext_names and not any(c.name_uses.get(n, 0) > 0 or attr_used(tree, n) for n in c.ext_names):
         rejections.append("the module built by load_inline is never used: the kernel is compiled but not "
                           "called (decoy)")
 
-    cpp_strings = [s for s in _string_constants(tree) if looks_like_cpp(s)]
+    cpp_strings = [s for s in string_constants(tree) if looks_like_cpp(s)]
     # #include lines anywhere (a C++ string may be assembled from pieces the string scan misses).
     check_includes(source, rejections.append, computed=False)
     for s in cpp_strings:
@@ -534,9 +431,3 @@ def check_source(source: str, target: str, *, fp32_task: bool = True) -> StaticR
     if target == "cuda" and not any(re.search(r"\b__global__\b", strip_comments(s)) for s in cpp_strings):
         rejections.append("no __global__ kernel in the CUDA sources: the cuda target needs a CUDA kernel")
     return StaticReport(rejections=tuple(dict.fromkeys(rejections)), warnings=tuple(dict.fromkeys(warnings)))
-
-
-def _attr_used(tree: ast.AST, attr: str) -> bool:
-    """`self._ext = load_inline(...)` then `self._ext.relu(x)`: an attribute read of that name."""
-    return any(isinstance(n, ast.Attribute) and n.attr == attr and isinstance(n.ctx, ast.Load)
-               for n in ast.walk(tree))
