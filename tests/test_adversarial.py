@@ -65,6 +65,7 @@ EXPECTED: dict[str, Expect] = {
         "library compute is judged by an op counter inside the candidate's process (the harness's _State, pinned "
         "here by a metaclass property): no evidence from outside it")),
     "c1_timer_rebind_gc": Expect(ANY, speed_bound=True),
+    "c1_flush_sleep": Expect(frozenset({"rejected"}), ("flush",)),
     "c1_input_builder_swap": Expect(NOT_CREDITED, speed_bound=True),
     "c1_import_kopt_judge": Expect(frozenset({"rejected"}), ("kopt",)),
     # 2 forged results

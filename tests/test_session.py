@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kopt.evaluator.calls import Trial, clock_disagrees, overhead_ns, per_call_ms, redraw, timed_run
+from kopt.evaluator.calls import Trial, clock_disagrees, flush_skipped, overhead_ns, per_call_ms, redraw, timed_run
 from kopt.evaluator.session import ModelSpec, Session, SessionFailure, SessionSpec
 from kopt.records import Status
 
@@ -45,6 +45,21 @@ with open(os.path.join(os.environ["HOME"], "modules.json"), "w") as f:
 class Model(nn.Module):
     def forward(self, x):
         return x + 1
+"""
+
+FLUSH_AS_SLEEP = """
+import sys, time
+_h = [m for name, m in sys.modules.items() if name.endswith("harness")][0]
+_cls = [getattr(_h, a) for a in dir(_h) if "flush" in a.lower() and isinstance(getattr(_h, a), type)][0]
+_real, _spent = _cls.__call__, []
+def _light(self, *a, **k):
+    if not _spent:  # one real flush, to learn how long a flush takes on kopt's clock
+        t0 = time.perf_counter()
+        _real(self, *a, **k)
+        _spent.append(time.perf_counter() - t0)
+    else:
+        time.sleep(_spent[0])  # the same gap, no work: the cache stays warm
+setattr(_cls, "__call__", _light)
 """
 
 AFTER_RETURN = """
@@ -104,6 +119,24 @@ def test_a_patched_child_clock_does_not_move_kopts_timing(tmp_path):
     assert len([r for r in revealed if r.kind == "timed"]) >= 16 and [r for r in revealed if r.kind == "check"]
     for r in revealed:
         assert torch.equal(r.outs[0], r.inputs[0] * 2)
+
+
+def test_a_flush_replaced_by_a_sleep_is_seen_on_the_childs_cpu_time(tmp_path):
+    """The same gap on kopt's clock, but kopt reads the child's CPU time over each done->flushed window."""
+    import torch
+
+    trials = [Trial(model=0, inputs=[torch.randn(64)], outputs=None)]
+    runs = {}
+    for name, attack in (("reference", ""), ("candidate", FLUSH_AS_SLEEP)):
+        with _session(tmp_path / name, SLEEPY.format(attack=attack)) as s:
+            s.start()
+            runs[name] = timed_run(s, trials, [0], min_calls=20, min_time_s=0.1, max_bytes=1 << 20, reveal=False)
+    ref, cand = runs["reference"], runs["candidate"]
+    assert len(cand.flush_cpu_ns) == len(cand.flush_ns) >= 20
+    assert min(cand.flush_ns) > 0.3 * sorted(ref.flush_ns)[len(ref.flush_ns) // 2]  # the gap is still there
+    why = flush_skipped(cand, [ref])
+    assert why and "waited instead of flushing" in why, why
+    assert flush_skipped(ref, [ref]) is None
 
 
 def test_work_finished_after_the_call_returned_is_not_what_kopt_judges(tmp_path):

@@ -58,6 +58,7 @@ class TimedRun:
     wall_ns: int = 0
     extra: list[Revealed] = field(default_factory=list)  # outputs on inputs given by the caller (reference)
     flush_ns: list[int] = field(default_factory=list)  # kopt's clock, `done` to `flushed`, per timed call
+    flush_cpu_ns: list[int] = field(default_factory=list)  # the child's CPU time over each of those windows
 
 
 def redraw(base: list, rng: random.Random) -> list:
@@ -127,6 +128,7 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
     timed_inputs: dict[int, tuple[int, list]] = {}
     check_recs: list[tuple[int, Call]] = []
     cpu0, w0, f0 = s.cpu_ns(), clock(), len(s.flush_ns)
+    fc0 = len(s.flush_cpu_ns)
     i = 0
     while True:
         while slots and slots[0] == i:
@@ -154,6 +156,7 @@ def timed_run(s: Session, trials: list[Trial], timed: list[int], *, min_calls: i
             t, args = timed_inputs[rec.call]
             run.revealed.append(Revealed(rec.call, "timed", t, args, outs, after, rec))
     run.flush_ns = list(s.flush_ns[f0:])
+    run.flush_cpu_ns = list(s.flush_cpu_ns[fc0:])
     extra_recs = [(t, args, one(t, args)) for t, args in extra]
     got = s.reveal_many([(rec.call, rec.h) for _t, _a, rec in extra_recs], max_bytes)
     for (t, args, rec), (outs, after) in zip(extra_recs, got):
@@ -203,6 +206,17 @@ def flush_skipped(run: TimedRun, refs: list[TimedRun]) -> str | None:
     if ref > 200_000 and mine < ref / 3:
         return (f"the cache flush between calls took {mine / 1e6:.3f} ms where the reference's took "
                 f"{ref / 1e6:.3f} ms: the candidate's process skipped it, so its calls ran on a warm cache")
+    # The same on the CPU time kopt reads from /proc or the cgroup: a flush replaced by a sleep (or a wait
+    # on anything) keeps the gap on kopt's clock but leaves the buffer unwritten and the cache warm.
+    mine_cpu = statistics.median(run.flush_cpu_ns) if run.flush_cpu_ns else None
+    theirs_cpu = [statistics.median(r.flush_cpu_ns) for r in refs if r.flush_cpu_ns]
+    if mine_cpu is None or not theirs_cpu:
+        return None
+    ref_cpu = min(theirs_cpu)
+    if ref_cpu > 200_000 and mine_cpu < ref_cpu / 3:
+        return (f"the cache flush between calls used {mine_cpu / 1e6:.3f} ms of CPU where the reference's used "
+                f"{ref_cpu / 1e6:.3f} ms: the candidate's process waited instead of flushing, so its calls ran "
+                "on a warm cache")
     return None
 
 

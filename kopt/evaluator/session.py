@@ -138,6 +138,8 @@ class Session:
         self._flushing = False  # a `flushed` the child owes kopt (read before the next frame goes out)
         self._done_at = 0
         self.flush_ns: list[int] = []  # kopt's clock from each call's `done` to its `flushed`
+        self.flush_cpu_ns: list[int] = []  # the child's CPU time (read by kopt) over the same windows
+        self._done_cpu = 0
         cores = max(1, spec.threads if spec else threads)
         # The CPU rlimit is visible to the child (getrlimit): callers pass one budget for check and time
         # sessions alike, so it cannot tell them apart.
@@ -253,6 +255,8 @@ class Session:
                 # encoding the next frame), the evidence that the child flushed at all (timed_run, judged by
                 # the evaluator against the reference's).
                 self.flush_ns.append(time.perf_counter_ns() - self._done_at)
+                # A flush replaced by a sleep of the same length keeps the wall-clock gap but burns no CPU.
+                self.flush_cpu_ns.append(self.cpu_ns() - self._done_cpu)
                 self._done_at = 0
 
     def flush(self) -> None:
@@ -277,6 +281,7 @@ class Session:
             raise self._death("a done message for another call")
         self._flushing = True  # the child flushes the cache after its commitment (read before the next frame)
         self._done_at = t1
+        self._done_cpu = self.cpu_ns()  # after t1: never inside the call's interval
         return Call(call=call, h=h["h"], ext_calls=h["ext_calls"], lib_ops=h["lib_ops"], child_ns=h["child_ns"],
                     alias=h["alias"], interval_ns=t1 - t0)
 
