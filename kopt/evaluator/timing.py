@@ -52,7 +52,8 @@ class Timer:
             after = self.time_reference(fresh=True, extra=extra)
             timed = failed or verdicts.judge_timed(
                 results[i], run, before, after, ref, atol=self.settings.atol, rtol=self.settings.rtol,
-                threads=self.settings.resolved_threads(), floor_note=self._speed_of_light)
+                threads=self.settings.resolved_threads(), floor_note=self._speed_of_light,
+                cpu=self.launcher.device() == "cpu")
             if left and timed.correct:
                 timed = timed.replace(status=Status.REJECTED, runtime_ms=None, speedup=None, reason=(
                     "timing: it left state behind that could slow the reference timed after it: " + "; ".join(left))[:600])

@@ -67,7 +67,7 @@ def judge_check(revealed, ref: ReferenceData, atol, rtol) -> tuple[Status, str, 
 
 
 def judge_timed(result: EvalResult, run, before: dict, after: dict, ref: ReferenceData, *, atol, rtol,
-                threads: int, floor_note: Callable[[object, float], str | None]) -> EvalResult:
+                threads: int, floor_note: Callable[[object, float], str | None], cpu: bool = True) -> EvalResult:
     """A timing session (`run`) between two reference rounds (`before`, `after`: A/B/A) -> the verdict with
     its runtime, or the rule it broke. `after["extra_order"]` holds the reference's outputs on exactly the
     inputs of the candidate's revealed timed calls."""
@@ -91,7 +91,7 @@ def judge_timed(result: EvalResult, run, before: dict, after: dict, ref: Referen
             return result.replace(status=bad[0], reason=bad[1])
     if not run.calls:
         return result.replace(status=Status.CRASHED, reason="timing: no timed calls")
-    skipped = flush_skipped(run, [before["run"], after["run"]])
+    skipped = flush_skipped(run, [before["run"], after["run"]], cpu_time=cpu)
     if skipped:
         return result.replace(status=Status.REJECTED, reason=f"timing: {skipped}")
     # One overhead for the whole A/B/A triple, from both reference rounds' calls: a per-round estimate
