@@ -56,6 +56,7 @@ def make_pool(k: int, seed: int = 0) -> list[dict]:
 
 def run(samples: Path, k: int, top_m: int, jobs: int, work: Path, *extra: str) -> dict:
     home = work / "home"
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KOPT_HOME": str(home), "KOPT_BUILD_DIR": str(home / "build")}
     cmd = [sys.executable, "-m", "kopt", "optimize", str(GELU / "task.py"), "--sampler", "replay", "--samples",
            str(samples), "--k", str(k), "--top-m", str(top_m), "--jobs", str(jobs), "--target", "cpu",
