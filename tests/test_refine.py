@@ -15,9 +15,14 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("trained_tiny")
+
 from kopt import refine
 from kopt.prompt import make_prompt
 from kopt.records import EvalResult, Sample, Status
+
+# trained_tiny_model_dir: the tiny Llama trained to answer the gelu prompt (tests/trained_tiny.py).
+pytest_plugins = ["trained_tiny"]
 
 REPO = Path(__file__).resolve().parent.parent
 GELU = REPO / "examples" / "gelu"
@@ -258,3 +263,35 @@ def test_follow_up_conversation_and_round_records():
     assert Sample.from_json(s.to_json()) == s and "round" not in Sample(text="x").to_json()
     with pytest.raises(ValueError):
         Sample.from_json({"text": "x", "round": 1})
+
+
+# ---- the trained tiny model through hf: the follow-up turn rendered for a model without a chat template ----
+
+
+@pytest.mark.slow
+def test_hf_refine_round_end_to_end(trained_tiny_model_dir, shared_kopt_home, tmp_path):
+    from transformers import AutoTokenizer
+
+    k = 4
+    args = ["optimize", str(GELU / "task.py"), "--sampler", "hf", "--model", trained_tiny_model_dir, "--k", str(k),
+            "--max-tokens", "16", "--target", "cpu", "--threads", "1", "--refine", "1", "--json"]
+    # shared_kopt_home: the gelu verdicts are shared with tests/test_ttt.py when both run in one session
+    proc = kopt([*args, "--out", str(tmp_path / "a")], shared_kopt_home, tmp_path)
+    # The trained model's gelu answers are correct 2 times in 3, so the pool holds a winner.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    (rnd,) = report["refine"]["rounds"]
+    assert rnd["follow_ups"] == k // 2 and len(lines) == k + k // 2
+    tok = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
+    for line in lines[k:]:
+        assert line["round"] == 1 and line["parent"] in rnd["parents"]
+        assert len(line["token_logprobs"]) == line["num_tokens"] == len(line["token_ids"]) > 0
+        context = tok.decode(line["prompt_token_ids"], skip_special_tokens=True)
+        # No chat template: the plain rendering, prompt then the parent's answer then kopt's feedback.
+        assert lines[line["parent"]]["text"].strip() in context and "kopt compiled and checked your ModelNew" in context
+    assert [c["round"] for c in report["candidates"]] == [0] * k + [1] * (k // 2)
+    proc = kopt([*args, "--out", str(tmp_path / "b")], shared_kopt_home, tmp_path)
+    again = json.loads(proc.stdout)
+    assert again["refine"]["rounds"][0]["drawn_now"] == 0 and again["evaluation"]["evaluated_now"] == 0
+    assert again["winner"]["index"] == report["winner"]["index"]
