@@ -53,6 +53,8 @@ def _candidate_rows(pool) -> list[dict[str, Any]]:
             "duplicate_of": c.duplicate_of,
             "code_sha256": c.code_sha256,
             "step": c.step,
+            "round": c.sample.round,
+            "parent": c.sample.parent,
             "warnings": list(r.warnings),
         })
     return rows
@@ -77,6 +79,8 @@ def build_report(pool, options, sel: Selection, ttt_report: dict | None = None) 
             "code_sha256": c.code_sha256,
             "binary_sha256": r.binary_sha256,
             "step": c.step,
+            "round": c.sample.round,
+            "parent": c.sample.parent,
             "path": None,
         }
     report = {

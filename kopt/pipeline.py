@@ -45,6 +45,9 @@ class OptimizeOptions:
     out: Path | None = None
     force: bool = False
     ttt: TTTOptions = field(default_factory=TTTOptions)
+    refine: int = S.default("refine")  # repair rounds (kopt/refine.py)
+    refine_k: int | None = None  # follow-ups per round (None: K/2)
+    refine_template: Path | None = None
 
     def __post_init__(self) -> None:
         S.check_fields(self, [f.name for f in fields(self)])
@@ -77,10 +80,15 @@ def select_in_pool(pool: Pool, options: OptimizeOptions) -> tuple[Selection, dic
     if options.ttt.ttt_steps > 0:
         pool.check()  # TTT rewards needed every verdict: already there
     pool.cached_verdicts()  # a rerun starts from every verdict already known
+    surprisal, scored = {i: pool.surprisal(i) for i in pool.unique()}, pool.scored
+    if options.refine > 0:  # several rounds: surprisal is compared by rank within each round (kopt/refine.py)
+        from kopt import refine
+
+        surprisal, scored = refine.comparable_surprisal(pool), refine.scored_across_rounds(pool)
     sel, how = lazy.evaluate_and_select(
-        options.select, {i: pool.surprisal(i) for i in pool.unique()}, pool.checked, pool.check, pool.scored,
+        options.select, surprisal, pool.checked, pool.check, scored,
         pool.time, top_m=options.top_m, seed=options.run.seed, jobs=options.run.jobs, adaptive=options.adaptive,
-        exhaustive=options.exhaustive or options.ttt.ttt_steps > 0)
+        exhaustive=options.exhaustive or options.ttt.ttt_steps > 0 or options.refine > 0)
     if how == lazy.SURPRISAL_ORDERED:
         # The spread was measured on what was evaluated (the resolved prefix), not the whole pool: say so.
         sel = dataclasses.replace(sel, notes=tuple(
@@ -88,7 +96,8 @@ def select_in_pool(pool: Pool, options: OptimizeOptions) -> tuple[Selection, dic
             if x.startswith(WEAK_SIGNAL_NOTE) else x for x in sel.notes))
         return sel, {"mode": how, "why": f"{options.select} needs only the most surprising correct candidates; "
                      "--exhaustive evaluates every candidate"}
-    return sel, {"mode": "exhaustive", "why": "TTT" if options.ttt.ttt_steps > 0 else how}
+    return sel, {"mode": "exhaustive", "why": "TTT" if options.ttt.ttt_steps > 0 else (
+        "refine" if options.refine > 0 else how)}
 
 
 def _status_counts(pool: Pool) -> Counter[str]:
@@ -118,12 +127,20 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
             ttt.require_trainable(pool.backend, options.run.model)
             pool.check()
             ttt_report = ttt.adapt(pool, options.ttt, progress=progress, warn=warn)
+        refine_report = None
+        if options.refine > 0:
+            from kopt import refine
+
+            refine_report = refine.run(pool, options.refine, options.refine_k or refine.default_budget(options.run.k),
+                                       options.refine_template, top_m=options.top_m, progress=progress)
         sel, evaluation = select_in_pool(pool, options)
         for n in sel.notes:
             warn(n)
         report = output.build_report(pool, options, sel, ttt_report)
         report["evaluation"] = {**evaluation, **pool.counts()}
         report["baseline"] = options.baseline
+        if refine_report is not None:
+            report["refine"] = refine_report
         pool.cache.save_run_stats(f"optimize {task.target}")
         if sel.winner is None:
             raise KoptError(*output.failure_message(report, output.write_failure(pool, report)))

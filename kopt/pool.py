@@ -182,6 +182,7 @@ class Pool:
         self._seen: dict[str, int] = {}  # normalised-code sha -> first candidate index with it
         self._not_cached: set[int] = set()  # looked up in the cache already and not there: ask only once
         self.evaluated_now = 0  # verdicts computed (not served from cache) in this process
+        self.drawn_now = 0  # samples drawn (not served from cache) in this process
         self.timed_now = 0
 
     # ---- lifetime ---------------------------------------------------------------------------------
@@ -284,11 +285,33 @@ class Pool:
         if missing:
             for i, sample in self._backends.sampler.sample(self.prompt, missing, adapter=adapter):
                 got[i] = sample
+                self.drawn_now += 1
                 key = self._sample_key(i, adapter)
                 if key is not None:
                     self.cache.set("sample", key, sample.to_json())
                 self.progress("sampling", len(got), total)
         return [got[i] for i in indices]
+
+    def draw_turns(self, requests: Sequence[tuple[int, Any]]) -> list[Sample]:
+        """Follow-up samples (kopt/refine.py) for (index, conversation) pairs, in that order, each cached under
+        its conversation's hash (the parent's answer and the feedback on it) and its index (the seed)."""
+        keys = [None if k is None else {**k, "prompt": conv.hash}
+                for k, conv in ((self._sample_key(i, None), conv) for i, conv in requests)]
+        got: dict[int, Sample] = {}
+        for (i, _), key in zip(requests, keys):
+            cached = self.cache.get("sample", key) if key is not None else None
+            if cached is not None:
+                got[i] = Sample.from_json(cached)
+        missing = [(i, conv) for i, conv in requests if i not in got]
+        if missing:
+            key_of = {i: key for (i, _), key in zip(requests, keys)}
+            for i, sample in self._backends.sampler.sample_turns(missing):
+                got[i] = sample
+                self.drawn_now += 1
+                if key_of[i] is not None:
+                    self.cache.set("sample", key_of[i], sample.to_json())
+                self.progress("sampling", len(got), len(requests))
+        return [got[i] for i, _ in requests]
 
     def fill(self) -> Pool:
         """Draw the K base samples (step 0) and make their candidates; nothing is evaluated yet."""

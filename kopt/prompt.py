@@ -37,16 +37,23 @@ _MODELNEW_RE = re.compile(r"^\s*class\s+ModelNew\b", re.MULTILINE)
 
 @dataclass(frozen=True)
 class Prompt:
-    """A rendered prompt. `hash` keys the sample cache, so it covers exactly what the model sees."""
+    """A rendered prompt. `hash` keys the sample cache, so it covers exactly what the model sees.
+
+    `turns` are the conversation after the first user message, as (role, text) pairs alternating
+    "assistant" (an earlier answer) and "user" (kopt's feedback on it): a follow-up turn (kopt/refine.py).
+    """
 
     system: str | None
     user: str
     target: str  # a target name (kopt.evaluator.targets)
     hash: str
+    turns: tuple[tuple[str, str], ...] = ()
 
     def as_text(self) -> str:
-        """For base models (no chat template): the system text, a blank line, then the user text."""
-        return f"{self.system}\n\n{self.user}" if self.system else self.user
+        """For base models (no chat template): the system text, a blank line, then the user text; each later
+        turn follows after a blank line as it is, so a follow-up reads as the document it continues."""
+        parts = ([self.system] if self.system else []) + [self.user] + [text for _, text in self.turns]
+        return "\n\n".join(parts) + ("\n\n" if self.turns else "")
 
     def as_messages(self) -> list[dict]:
         """For chat models: OpenAI-style messages."""
@@ -54,12 +61,21 @@ class Prompt:
         if self.system:
             msgs.append({"role": "system", "content": self.system})
         msgs.append({"role": "user", "content": self.user})
+        msgs.extend({"role": role, "content": text} for role, text in self.turns)
         return msgs
 
+    def follow_up(self, answer: str, feedback: str) -> Prompt:
+        """This conversation, then the model's `answer` and kopt's `feedback` on it (the next user turn)."""
+        turns = self.turns + (("assistant", answer), ("user", feedback))
+        return Prompt(system=self.system, user=self.user, target=self.target, turns=turns,
+                      hash=prompt_hash(self.system, self.user, turns))
 
-def prompt_hash(system: str | None, user: str) -> str:
-    # JSON keeps (None, "a") and ("", "a") and a system/user split at different places apart.
-    return hashlib.sha256(json.dumps([system, user], ensure_ascii=False).encode("utf-8")).hexdigest()
+
+def prompt_hash(system: str | None, user: str, turns: tuple[tuple[str, str], ...] = ()) -> str:
+    # JSON keeps (None, "a") and ("", "a") and a system/user split at different places apart; a first-turn
+    # prompt hashes as it always has, so its cached samples stay valid.
+    parts: list = [system, user] + ([[list(t) for t in turns]] if turns else [])
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def make_prompt(system: str | None, user: str, target: str) -> Prompt:

@@ -59,6 +59,10 @@ class Sample:
     finish_reason: str | None = None
     # Which distribution the log-probs come from: "raw" (T=1, the model's own) or "processed".
     logprobs_mode: str | None = None
+    # Repair rounds (kopt/refine.py): 0 for a first-turn sample; round r > 0 answers a follow-up turn about
+    # sample `parent` (its index in samples.jsonl), and the log-probs are those of this answer alone.
+    round: int = 0
+    parent: int | None = None
 
     def surprisal(self, mode: str = "mean") -> float | None:
         """Minus the log-probability: per token ("mean", what the paper's code ranks by) or summed ("sum")."""
@@ -85,6 +89,9 @@ class Sample:
             d["prompt_token_ids"] = list(self.prompt_token_ids)
         if self.logprobs_mode is not None:
             d["logprobs_mode"] = self.logprobs_mode
+        if self.round:  # a first-turn line stays as it always was
+            d["round"] = self.round
+            d["parent"] = self.parent
         return d
 
     @classmethod
@@ -102,6 +109,9 @@ class Sample:
             n = len(tl)
         if lp is None and tl is not None:
             lp = float(sum(tl))
+        rnd, parent = d.get("round") or 0, d.get("parent")
+        if not isinstance(rnd, int) or rnd < 0 or (rnd > 0) != isinstance(parent, int) or isinstance(parent, bool):
+            raise ValueError('"round" must be a whole number >= 0, and "parent" a sample index exactly when it is > 0')
         return cls(
             text=d["text"],
             logprob=None if lp is None else float(lp),
@@ -112,6 +122,8 @@ class Sample:
             model=str(d.get("model") or ""),
             finish_reason=d.get("finish_reason"),
             logprobs_mode=d.get("logprobs_mode"),
+            round=rnd,
+            parent=parent if rnd else None,
         )
 
 

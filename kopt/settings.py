@@ -136,6 +136,14 @@ SETTINGS: tuple[Setting, ...] = (
        "matched budget).", min=2, per_command={COMPARE: None},
        hint="advantages are leave-one-out, so each step needs at least 2 samples (the paper uses 32)"),
     _s("ttt_patience", int, 1, "Stop TTT after this many consecutive regressions.", min=1),
+    # ---- repair rounds (kopt/refine.py): the evaluator's verdict goes back to the model for another turn ----
+    _s("refine", int, 0, "Repair rounds after the pool is evaluated: failures and the fastest correct "
+       "candidates get a follow-up turn with kopt's verdict (0: off).", min=0, commands=frozenset({OPTIMIZE}),
+       hint="e.g. --refine 1"),
+    _s("refine_k", int, None, "Follow-up turns per repair round (default K/2).", min=1,
+       commands=frozenset({OPTIMIZE})),
+    _s("refine_template", str, None, "Feedback template file for --refine (see templates/refine.txt).",
+       path=True, commands=frozenset({OPTIMIZE})),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

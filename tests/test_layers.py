@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "kopt"
 LAYERS: list[tuple[str, set[str]]] = [
     ("cli", {"kopt.cli", "kopt.__main__"}),
     ("commands", {"kopt.pipeline", "kopt.comparison", "kopt.check", "kopt.githook", "kopt.scaffold"}),
-    ("ttt/kernels", {"kopt.ttt", "kopt.ttt_train", "kopt.kernels", "kopt.output", "kopt.swap", "kopt.git"}),
+    ("ttt/kernels", {"kopt.ttt", "kopt.ttt_train", "kopt.refine", "kopt.kernels", "kopt.output", "kopt.swap", "kopt.git"}),
     ("pool", {"kopt.pool", "kopt.lazy"}),
     ("services", {"kopt.samplers", "kopt.evaluator", "kopt.selection", "kopt.metrics", "kopt.scoring",
                   "kopt.compare_report", "kopt.prompt", "kopt.task",

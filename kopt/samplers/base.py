@@ -58,6 +58,9 @@ class Sampler(ABC):
     adapters: ClassVar[bool] = False  # samples with a LoRA adapter directory (TTT)
     can_sleep: ClassVar[bool] = False  # frees accelerator memory on sleep() while TTT trains, wake_up() after
     chat: ClassVar[bool] = False  # renders the prompt as chat messages (a chat template or a chat API)
+    # Answers follow-up turns (a Prompt with `turns`, kopt/refine.py): every chat backend, and replay (a
+    # recorded refine run holds its rounds).
+    follow_ups: ClassVar[bool] = False
 
     @classmethod
     def identity(cls, params: SamplerParams) -> str:
@@ -92,6 +95,12 @@ class Sampler(ABC):
 
         `prompt` is a kopt.prompt.Prompt; `adapter` a peft LoRA adapter directory (TTT) or None.
         """
+
+    def sample_turns(self, requests: Sequence[tuple[int, Any]]) -> Iterator[tuple[int, Sample]]:
+        """Yield (index, Sample) for each (index, prompt) pair, any order: one sample per prompt, drawn under
+        index's seed. Follow-up turns each have their own conversation; backends that batch override this."""
+        for index, prompt in requests:
+            yield from self.sample(prompt, [index])
 
     def sleep(self) -> None:  # noqa: B027 - only backends with can_sleep free anything
         """Free accelerator memory for a TTT training step."""

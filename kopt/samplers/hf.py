@@ -30,6 +30,7 @@ class HFSampler(Sampler):
     token_ids = True
     adapters = True
     chat = True
+    follow_ups = True  # the chat template renders the turns (Prompt.as_text without one)
 
     def __init__(self, params: SamplerParams):
         super().__init__(params)

@@ -48,6 +48,7 @@ class _HTTPStatus(Exception):
 class OpenAISampler(Sampler):
     name = "openai"
     chat = True  # token ids only when the server is vLLM: not promised, so no token_ids capability
+    follow_ups = True  # chat: the turns as messages; completions: the plain rendering (Prompt.as_text)
     max_attempts = 6  # 1 try + 5 retries: 0.5+1+2+4+8 s of backoff at most, unless Retry-After says otherwise
     backoff_s = 0.5
     max_backoff_s = 30.0
@@ -239,16 +240,20 @@ class OpenAISampler(Sampler):
         if adapter is not None:
             raise SamplerError("the openai sampler cannot apply a LoRA adapter",
                                "use --sampler vllm or --sampler hf for test-time training")
-        todo = list(indices)
+        yield from self.sample_turns([(i, prompt) for i in indices])
+
+    def sample_turns(self, requests: Sequence[tuple[int, object]]) -> Iterator[tuple[int, Sample]]:
+        """(index, prompt) pairs, `concurrency` requests in flight (a follow-up turn is one more request)."""
+        todo = list(requests)
         if not todo:
             return
         self.model_id()  # resolve the model name once, before the threads start
         if self._mode is None:  # settle auto's chat/completions choice on the first sample
-            first = todo.pop(0)
+            first, prompt = todo.pop(0)
             yield first, self._one(prompt, first)
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.params.concurrency, len(todo) or 1)))
         try:
-            futures = {pool.submit(self._one, prompt, i): i for i in todo}
+            futures = {pool.submit(self._one, p, i): i for i, p in todo}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -19,6 +19,7 @@ from kopt.samplers.base import Sampler, SamplerParams
 class ReplaySampler(Sampler):
     name = "replay"
     cacheable = False
+    follow_ups = True  # a recorded refine run's file holds its rounds: follow-up i is line i too
 
     @classmethod
     def identity(cls, params: SamplerParams) -> str:

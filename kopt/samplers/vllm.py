@@ -33,6 +33,7 @@ class VLLMSampler(Sampler):
     adapters = True
     can_sleep = True  # on a GPU with LoRA enabled (sleep mode); a no-op elsewhere
     chat = True
+    follow_ups = True  # the chat template renders the turns (Prompt.as_text without one)
 
     def __init__(self, params: SamplerParams):
         super().__init__(params)
@@ -93,27 +94,36 @@ class VLLMSampler(Sampler):
         return self._loras[path]
 
     def sample(self, prompt, indices: Sequence[int], adapter: str | None = None) -> Iterator[tuple[int, Sample]]:
+        yield from self._generate([(i, prompt) for i in indices], adapter)
+
+    def sample_turns(self, requests: Sequence[tuple[int, object]]) -> Iterator[tuple[int, Sample]]:
+        """Every follow-up turn in one batch, each with its own conversation."""
+        yield from self._generate(list(requests), None)
+
+    def _generate(self, requests: list, adapter: str | None) -> Iterator[tuple[int, Sample]]:
         from vllm.inputs import TokensPrompt
 
-        indices = list(indices)
-        if not indices:
+        if not requests:
             return
         # Token ids, not text: the same ids the hf backend feeds (chat template when the tokenizer has one).
-        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        encoded: dict[str, list[int]] = {}
+        for _, prompt in requests:
+            if prompt.hash not in encoded:
+                encoded[prompt.hash] = encode_prompt(self.tokenizer, prompt)
         sps = [
             self._vllm.SamplingParams(n=1, temperature=self.params.temperature, max_tokens=self.params.max_tokens,
                                       logprobs=0, seed=derive_seed(self.params.seed, i))
-            for i in indices
+            for i, _ in requests
         ]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids) for _ in indices], sps,
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[p.hash]) for _, p in requests], sps,
                                  use_tqdm=False, lora_request=self._lora(adapter))
-        for i, ro in zip(indices, outs):
+        for (i, p), ro in zip(requests, outs):
             c = ro.outputs[0]
             ids = list(c.token_ids)
             # logprobs=0 returns just the sampled token at each position.
             token_lp = [c.logprobs[j][t].logprob for j, t in enumerate(ids)]
             finish = c.finish_reason or None
-            yield i, make_sample(c.text, ids, token_lp, prompt_token_ids=ro.prompt_token_ids or prompt_ids,
+            yield i, make_sample(c.text, ids, token_lp, prompt_token_ids=ro.prompt_token_ids or encoded[p.hash],
                                  finish_reason=finish, model=self.model_id(), logprobs_mode=RAW)
 
     def sleep(self) -> None:
