@@ -64,12 +64,12 @@ class LocalCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, args: list[str], head: bool) -> RayNode:
+    def _start(self, args: list[str], head: bool, env: dict[str, str] | None = None) -> RayNode:
         log = self.root / f"ray-start-{len(self.nodes)}.log"
         with log.open("w") as out:
             proc = subprocess.Popen([sys.executable, __file__, "start", *args, "--num-cpus", str(self.cpus),
                                      "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats"],
-                                    env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                    env=self.env if env is None else loopback_env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         node = RayNode(pgid=proc.pid, head=head)
         self.nodes.append(node)
         if proc.wait(timeout=180) != 0:
@@ -84,9 +84,10 @@ class LocalCluster:
                      "--min-worker-port", "0", "--max-worker-port", "0"], head=True)
         return self
 
-    def add_node(self) -> RayNode:
+    def add_node(self, env: dict[str, str] | None = None) -> RayNode:
+        """A node joining the head (`env`: its processes' environment, default the cluster's)."""
         return self._start(["--address", self.address, "--node-ip-address", "127.0.0.1",
-                            "--min-worker-port", "0", "--max-worker-port", "0"], head=False)
+                            "--min-worker-port", "0", "--max-worker-port", "0"], head=False, env=env)
 
     def wait_for_nodes(self, n: int, timeout_s: float = 60.0) -> None:
         """Until the cluster counts n alive nodes (asked through `ray` in a child, not in this process)."""
