@@ -98,3 +98,18 @@ def test_a_node_killed_mid_candidate_loses_nothing(cluster, local_report, tmp_pa
     assert killed.is_set(), "the third node never opened a candidate session"
     assert verdicts(report) == verdicts(local_report)
     assert not any("Ray node" in (c["reason"] or "") for c in report["candidates"])
+
+
+@pytest.mark.slow
+def test_compare_over_two_tasks_through_the_cluster(cluster, tmp_path):
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "kopt", "compare", "examples/gelu", "examples/swish", "--samples", "examples",
+           "--k", "9", "--target", "cpu", "--strategies", "oracle,surprisal-top-m", "--json", "--report", str(out),
+           "--executor", "ray", "--ray-address", cluster.address]
+    proc = subprocess.run(cmd, cwd=REPO, env={**cluster.env, "KOPT_HOME": str(tmp_path / "home")},
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(proc.stdout)
+    assert data["tasks"] == ["gelu", "swish"]
+    assert data["evaluated_now"] > 0 and data["timed_now"] > 0
+    assert len(data["strategies"]["oracle"]["picks"]) == 2
