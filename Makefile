@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 # CPU machines (and CI) take the CPU wheel of torch; on a GPU box install your own torch first.
 TORCH   ?= torch==2.13.0
-EXTRAS  ?= dev,hf,plot
+EXTRAS  ?= dev,hf,plot,ray
 # No KOPT_HOME here: `make demo` and the same `kopt optimize` typed by hand share one cache ($KOPT_HOME, default
 # ~/.cache/kopt; `kopt cache info` prints where), so a rerun either way samples and compiles nothing.
 

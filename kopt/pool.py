@@ -48,6 +48,8 @@ class RunOptions:
     seed: int = S.default("seed")
     target: str = S.default("target")
     jobs: int = S.default("jobs")
+    executor: str = S.default("executor")
+    ray_address: str | None = None
     timeout_s: float = S.default("timeout_s")
     compile_timeout_s: float = S.default("compile_timeout_s")
     atol: float | None = None
@@ -108,8 +110,9 @@ def adapter_id(adapter: str | None) -> str | None:
 class _Backends:
     """The sampler and the evaluator of a pool and its forks, each built on first use, closed once."""
 
-    def __init__(self, task: Task, sampler_name: str, params: Any, eval_settings: Any, progress: Progress):
-        self.task, self.sampler_name, self.params = task, sampler_name, params
+    def __init__(self, task: Task, sampler_name: str, params: Any, eval_settings: Any, progress: Progress,
+                 executor: tuple[str, str | None] = ("local", None)):
+        self.task, self.sampler_name, self.params, self.executor = task, sampler_name, params, executor
         self.eval_settings, self.progress = eval_settings, progress
         self._sampler = None
         self._evaluator = None
@@ -128,10 +131,12 @@ class _Backends:
 
     @property
     def evaluator(self):
-        if self._evaluator is None:
-            from kopt.evaluator import Evaluator
+        if self._evaluator is None:  # the executor's evaluator API (kopt/executors/): local or on a Ray cluster
+            from kopt.executors import executor_class
 
-            self._evaluator = Evaluator(self.task, self.eval_settings, progress=self.progress)
+            name, address = self.executor
+            self._evaluator = executor_class(name)(self.task, self.eval_settings, progress=self.progress,
+                                                   address=address)
         return self._evaluator
 
     def close(self) -> None:
@@ -172,7 +177,8 @@ class Pool:
         self.cache = _parent.cache if _parent is not None and cache is None else (
             cache or Cache(enabled=not options.no_cache))
         self._backends = _parent._backends if _parent is not None else _Backends(
-            task, self.sampler_name, options.sampler_params(), self.eval_settings(), progress)
+            task, self.sampler_name, options.sampler_params(), self.eval_settings(), progress,
+            executor=(options.executor, options.ray_address))
         self._owner = _parent is None
         self.run_dir = run_dir or self._default_run_dir()
         self.samples: list[Sample] = []
@@ -224,10 +230,8 @@ class Pool:
                             run_timeout_s=o.timeout_s, compile_timeout_s=o.compile_timeout_s)
 
     def fingerprint(self) -> dict[str, str]:
-        if self._fingerprint is None:
-            from kopt.evaluator import machine_fingerprint
-
-            self._fingerprint = machine_fingerprint(self.target)
+        if self._fingerprint is None:  # the executor's device kind (a Ray cluster's, not this machine's)
+            self._fingerprint = self._backends.evaluator.fingerprint()
         return self._fingerprint
 
     def _verdict_key(self, code: str) -> dict[str, Any]:

@@ -104,6 +104,10 @@ SETTINGS: tuple[Setting, ...] = (
     # ---- evaluation ----
     _s("target", str, "auto", "Where kernels run: auto (cuda if present, else cpu), cuda or cpu."),
     _s("jobs", int, 2, "Parallel compiles and checks (default 2).", min=1),
+    _s("executor", str, "local", "Where candidates are evaluated: local (this machine, --jobs at a time) or ray "
+       "(a Ray cluster; pip install 'kopt[ray]', see docs/cluster.md).", choices=("local", "ray")),
+    _s("ray_address", str, None, "--executor ray: the cluster to join, auto (the one this machine belongs to, "
+       "the default) or HOST:PORT of its head node."),
     _s("timeout_s", float, 120.0, "Seconds each check or timing process may run (default 120).", flag="--timeout",
        min=1.0),
     _s("compile_timeout_s", float, 300.0, "Seconds one compile may run (default 300).", flag="--compile-timeout",
