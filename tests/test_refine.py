@@ -193,7 +193,7 @@ class ModelNew(nn.Module):
 
 @pytest.mark.slow
 def test_feedback_never_quotes_another_files_content(tmp_path):
-    from kopt.evaluator import Evaluator, EvalSettings
+    from kopt.evaluator import EvalSettings, Evaluator
     from kopt.task import load_task
 
     # What the raw compiler says about the same code: other files' paths and text.

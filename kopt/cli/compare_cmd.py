@@ -95,7 +95,7 @@ def compare(
     """Compare oracle, random, confidence, surprisal, surprisal-top-m (and ttt) selection on the same samples.
 
     Every candidate is compiled and checked (the oracle and random need every verdict)."""
-    from kopt.cli.console import console, print_warning, progress_bars
+    from kopt.cli.console import console, json_stdout, print_warning, progress_bars
     from kopt.compare_report import write_report
     from kopt.comparison import run_compare
     from kopt.errors import KoptError
@@ -117,13 +117,13 @@ def compare(
     tasks = [load_task(p, inputs=inputs, init_args=init_args, sets=sets) for p in paths]
     run = RunOptions.from_settings(v, seed=seed_list[0], enable_lora="ttt" in names, max_lora_rank=v["lora_rank"])
     ttt = TTTOptions.from_settings(v) if "ttt" in names else None
-    with progress_bars(enabled=not as_json) as progress:
+    with json_stdout(as_json) as emit, progress_bars(enabled=not as_json) as progress:
         result = run_compare(tasks, run, seeds=seed_list, strategies=names, top_m=v["top_m"], progress=progress,
                              ttt=ttt, warn=print_warning, baseline=v["baseline"])
-    written = write_report(result, report) if report is not None else []
-    if as_json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
+        written = write_report(result, report) if report is not None else []
+        if as_json:
+            emit(json.dumps(result.to_json(), indent=2))
+    if not as_json:
         render(console, result)
         if written:
             console.print(f"wrote {report}/ ({', '.join(p.name for p in written)})")

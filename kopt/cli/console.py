@@ -81,3 +81,22 @@ def progress_bars(enabled: bool = True) -> Iterator:
 
     with bars:
         yield report
+
+
+@contextlib.contextmanager
+def json_stdout(enabled: bool) -> Iterator:
+    """With --json, stdout carries the JSON document and nothing else: while the work runs, file descriptor 1
+    points at stderr, so whatever a library prints there (Ray's node messages from its own threads, a
+    compiler's chatter) cannot break a `kopt ... --json | jq` pipeline. Yields write(text) for the document."""
+    if not enabled:
+        yield lambda text: print(text)
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield lambda text: os.write(saved, (text + "\n").encode())
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

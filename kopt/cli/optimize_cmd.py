@@ -27,18 +27,18 @@ def optimize(
     values: Optional[dict] = None,
 ) -> int:
     """Find a faster kernel for TARGET and write it to kernels/<task>/."""
-    from kopt.cli.console import console, print_warning, progress_bars
+    from kopt.cli.console import console, json_stdout, print_warning, progress_bars
     from kopt.pipeline import OptimizeOptions
     from kopt.pipeline import optimize as run_optimize
     from kopt.task import load_task
 
     task = load_task(task_file, inputs=inputs, init_args=init_args, sets=sets)
     opts = OptimizeOptions.from_settings(values or {}, out=out, force=force)
-    with progress_bars(enabled=not as_json) as progress:
+    with json_stdout(as_json) as emit, progress_bars(enabled=not as_json) as progress:
         result = run_optimize(task, opts, progress=progress, warn=print_warning)
-    if as_json:
-        print(json.dumps(result.report, indent=2))
-    else:
+        if as_json:
+            emit(json.dumps(result.report, indent=2))
+    if not as_json:
         render(console, result.report)
     return result.exit_code
 
