@@ -23,6 +23,11 @@ The TTT arm (`--ttt-steps N`: TTT with Best-of-Adaptation under a matched rollou
   of its batch timed, so the cost is every correct candidate timed across all steps run (the base step
   included), not 1. The pick's index is a line in the TTT pool's samples file (its path is in the pick);
 - equivalent K is read off the same Best-of-N curve (the base pool's K samples) as for every strategy.
+
+The refine arm (strategy `refine`: repair rounds, kopt/refine.py) at a matched sample budget: a fork of the
+base pool holding its first K - R·b samples, then R rounds of b follow-up turns each (b = K // (R + 1) unless
+`--refine-k`; R = `--refine`, at least 1), so it draws no more than K samples; surprisal-top-m then selects
+over every round. Its cost is every candidate timed by the rounds' picks and by the selection.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from kopt import settings as S
 from kopt.compare_report import CompareResult, summarize
 from kopt.errors import KoptError
 from kopt.records import Progress, no_progress
-from kopt.scoring import TTT, Outcome, PoolStats, score_pool, score_ttt, ttt_budget
+from kopt.scoring import REFINE, TTT, Outcome, PoolStats, score_pool, score_ttt, ttt_budget
 from kopt.selection import eligible
 from kopt.ttt import TTTOptions
 
@@ -113,6 +118,7 @@ def run_compare(
     ttt: TTTOptions | None = None,
     warn: Callable[[str], None] | None = None,
     baseline: str = M.DEFAULT_BASELINE,
+    refine: tuple[int, int | None] = (1, None),
 ) -> CompareResult:
     """Build each (task, seed) pool, check all of it and time every correct candidate once (the oracle and
     random need every verdict, so compare never stops early), then score every strategy on it.
@@ -129,6 +135,10 @@ def run_compare(
         raise KoptError("no tasks to compare", "pass task files, directories or --kernelbench DIR --ids ...")
     S.check("top_m", top_m)
     ttt_k = _check_ttt(run, ttt, strategies)
+    if REFINE in strategies:
+        from kopt.refine import matched_budget
+
+        matched_budget(run.k, refine[0], refine[1])  # refuse a K too small before anything is sampled
     note = ttt_mod.oversharpening_note(ttt.ttt_steps) if ttt_k is not None and ttt is not None else None
     if note:
         warn(note)
@@ -172,6 +182,16 @@ def run_compare(
                             k=k, ttt_k=ttt_k, samples_path=str(tpool.samples_path), baseline=baseline))
                         evaluated += tpool.evaluated_now
                         timed += tpool.timed_now
+                    if REFINE in strategies:
+                        from kopt import refine as refine_mod
+
+                        base_k, per_round = refine_mod.matched_budget(k, refine[0], refine[1])
+                        rpool = pool.fork(base_k, pool.run_dir / f"compare-refine-{refine[0]}x{per_round}")
+                        rep = refine_mod.run(rpool, max(1, refine[0]), per_round, top_m=top_m, progress=progress)
+                        outs.append(refine_mod.compare_outcome(rpool, rep, label, int(seed), k=k, top_m=top_m,
+                                                               baseline=baseline))
+                        evaluated += rpool.evaluated_now
+                        timed += rpool.timed_now
                 pools.append(stats)
                 outcomes.extend(outs)
     finally:
@@ -184,5 +204,11 @@ def run_compare(
         params["ttt"] = {"steps": ttt.ttt_steps, "ttt_k": ttt_k, "lr": ttt.ttt_lr, "lora_rank": ttt.lora_rank,
                          "patience": ttt.ttt_patience, "budget_samples": (ttt.ttt_steps + 1) * ttt_k, "k": run.k,
                          "rule": "(steps + 1) * ttt_k <= k"}
+    if REFINE in strategies:
+        from kopt.refine import matched_budget
+
+        base_k, per_round = matched_budget(run.k, refine[0], refine[1])
+        params["refine"] = {"rounds": max(1, refine[0]), "first_turns": base_k, "per_round": per_round, "k": run.k,
+                            "rule": "first turns + rounds * per_round <= k"}
     return summarize(pools, outcomes, strategies, k=run.k, seeds=seeds, top_m=top_m, tasks=labels,
                      evaluated_now=evaluated, timed_now=timed, params=params)

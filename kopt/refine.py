@@ -187,26 +187,32 @@ def scored_across_rounds(pool: Pool) -> Callable[..., list[Scored]]:
 # ---- one round -----------------------------------------------------------------------------------------
 
 
-def pick(pool: Pool, considered: list[int], budget: int, top_m: int) -> list[int]:
+def pick(pool: Pool, considered: list[int], budget: int, top_m: int, timed: set[int] | None = None) -> list[int]:
     """The parents of the next round among `considered` (checked, unique): failures most surprising first, then
     the fastest timed correct ones; at least one of those when there is one and the budget allows two."""
+    timed = set() if timed is None else timed  # what this asked to time is added to it
     comparable = comparable_surprisal(pool)
     rank = lambda i: (-(comparable.get(i) if comparable.get(i) is not None else -1.0), i)  # noqa: E731
     failures = sorted((i for i in considered if pool.checked[i].status in REPAIRABLE), key=rank)
     correct = sorted((i for i in considered if pool.checked[i].correct), key=rank)[:top_m]
     if correct:
         pool.time(correct)
+        timed.update(correct)
     fastest = sorted((i for i in correct if pool.result_for(i).correct and pool.result_for(i).runtime_ms is not None),
                      key=lambda i: (pool.result_for(i).runtime_ms, i))
     n_fast = min(len(fastest), max(budget - len(failures), 1 if budget >= 2 else 0))
     return (failures[: budget - n_fast] + fastest[:n_fast])[:budget]
 
 
-def _check_replayed(sample, index: int, round_: int, parent: int) -> None:
-    if sample.round and (sample.round, sample.parent) != (round_, parent):
-        raise KoptError(f"samples file line {index + 1} is round {sample.round}'s follow-up to sample "
-                        f"{sample.parent}, but this run asks for round {round_}'s follow-up to sample {parent}",
-                        "replay a samples.jsonl written by a refine run with the same --refine, --refine-k and --top-m")
+def _check_recorded(pool: Pool, sample, index: int, round_: int, parent: int) -> None:
+    """A recorded sample (a backend whose file is the cache: replay) must be this round's answer to `parent`."""
+    if not pool.backend.cacheable and (sample.round, sample.parent) != (round_, parent):
+        what = (f"round {sample.round}'s follow-up to sample {sample.parent}" if sample.round else
+                "a first-turn sample")
+        raise KoptError(f"samples file line {index + 1} is {what}, but this run asks for round {round_}'s "
+                        f"follow-up to sample {parent}",
+                        "replay a samples.jsonl written by a refine run with the same --k, --refine, --refine-k "
+                        "and --top-m")
 
 
 def run(pool: Pool, rounds: int, budget: int, template: Path | None = None, *, top_m: int = 3,
@@ -217,13 +223,16 @@ def run(pool: Pool, rounds: int, budget: int, template: Path | None = None, *, t
                         "use --sampler openai, vllm or hf (or replay a refine run's samples.jsonl), or drop --refine")
     sections, origin = load_template(template)
     parents: set[int] = set()
-    report: dict[str, Any] = {"rounds": [], "budget": budget,
+    timed: set[int] = set()
+    report: dict[str, Any] = {"rounds": [], "budget": budget, "timed": [],
                               "surprisal_across_rounds": "mid-rank percentile within each round"}
     for r in range(1, rounds + 1):
+        t_start = time.perf_counter()
+        pool.check()  # the round before this one (the first turns for round 1): usually checked already
         t0 = time.perf_counter()
-        pool.check()
         considered = [i for i in pool.unique() if i not in parents and i in pool.checked]
-        chosen = pick(pool, considered, budget, top_m)
+        chosen = pick(pool, considered, budget, top_m, timed)
+        report["timed"] = sorted(timed)
         if not chosen:
             report["rounds"].append({"round": r, "follow_ups": 0, "why": "nothing to repair or speed up"})
             break
@@ -237,7 +246,7 @@ def run(pool: Pool, rounds: int, budget: int, template: Path | None = None, *, t
         samples = pool.draw_turns([(i, conv) for i, conv, _ in requests])
         t2 = time.perf_counter()
         for (i, _, p), s in zip(requests, samples):
-            _check_replayed(s, i, r, p)
+            _check_recorded(pool, s, i, r, p)
         samples = [replace(s, round=r, parent=p) for (_, _, p), s in zip(requests, samples)]
         new = pool.extend(samples, step=max(pool.candidates[p].step for p in chosen))
         parents.update(chosen)
@@ -249,11 +258,51 @@ def run(pool: Pool, rounds: int, budget: int, template: Path | None = None, *, t
             "parent_status": [pool.result_for(p).status.value for p in chosen],
             "new_unique": len(checked), "correct": sum(v.correct for v in checked.values()),
             "drawn_now": pool.drawn_now - drawn_before, "evaluated_now": pool.evaluated_now - evaluated_before,
-            "pick_s": round(t1 - t0, 3), "sample_s": round(t2 - t1, 3), "check_s": round(t3 - t2, 3),
+            "check_before_s": round(t0 - t_start, 3), "pick_s": round(t1 - t0, 3), "sample_s": round(t2 - t1, 3), "check_s": round(t3 - t2, 3),
         })
         progress("refine", r, rounds)
     return report
 
 
-__all__ = ["comparable_surprisal", "default_budget", "details", "load_template", "pick", "render", "run",
+# ---- kopt compare: the refine arm at a matched sample budget ------------------------------------------------
+
+
+def matched_budget(k: int, rounds: int, per_round: int | None = None) -> tuple[int, int]:
+    """(first-turn samples, follow-ups per round) so that first turns plus every round's follow-ups are at most
+    the K samples Best-of-N gets: per round K // (rounds + 1) by default, the first turns the rest."""
+    rounds = max(1, rounds)
+    per = per_round or k // (rounds + 1)
+    base = k - rounds * per
+    if per < 1 or base < 1:
+        raise KoptError(f"--k {k} leaves no room for {rounds} repair round(s) of {per} follow-up(s) within K samples",
+                        f"use --k {2 * (rounds + 1)} or more, or a smaller --refine-k")
+    return base, per
+
+
+def compare_outcome(pool: Pool, report: dict[str, Any], task: str, seed: int, *, k: int, top_m: int,
+                    baseline: str):
+    """The refine arm's outcome on one (task, seed): surprisal-top-m over every round (comparable surprisal),
+    cost = every candidate timed, by the rounds' picks and by the selection."""
+    from kopt import metrics as M
+    from kopt.scoring import REFINE, Outcome
+    from kopt.selection import select
+
+    sel = select("surprisal-top-m", scored_across_rounds(pool)(), pool.time, top_m=top_m, seed=seed)
+    r = pool.result_for(sel.winner) if sel.winner is not None else None
+    used = len(pool.samples)
+    return Outcome(
+        REFINE, task, seed, sel.winner,
+        speedup=M.speedup_vs(r, baseline) if r is not None else None,
+        fast_1=1.0 if r is not None and M.is_fast(r, baseline=baseline) else 0.0,
+        correct=1.0 if sel.winner is not None else 0.0,
+        cost=float(len(set(sel.timed) | set(report.get("timed") or ()))),
+        notes=(f"refine: {used - sum(x.get('follow_ups', 0) for x in report['rounds'])} first turns + "
+               f"{len(report['rounds'])} round(s) of up to {report['budget']} follow-ups = {used} <= K={k} samples",),
+        step=pool.candidates[sel.winner].sample.round if sel.winner is not None else None,
+        samples_path=str(pool.samples_path),
+        detail={"task": task, "seed": seed, "samples_path": str(pool.samples_path), **report},
+    )
+
+
+__all__ = ["compare_outcome", "matched_budget", "comparable_surprisal", "default_budget", "details", "load_template", "pick", "render", "run",
            "scored_across_rounds"]

@@ -22,15 +22,16 @@ from kopt.selection import STRATEGIES, eligible, logprob_std, select
 # The order of every table and JSON object. "ttt" comes last and only with --ttt-steps.
 ALL_STRATEGIES = ("oracle", "random", "confidence", "surprisal", "surprisal-top-m")
 TTT = "ttt"
+REFINE = "refine"  # repair rounds at a matched sample budget (kopt/refine.py); only when listed
 
 
 def parse_strategies(text: str | None, ttt_steps: int = 0) -> list[str]:
     """Strategy names in the canonical order. `all` includes "ttt" only when `ttt_steps` > 0."""
-    order = list(ALL_STRATEGIES) + [TTT]
+    order = list(ALL_STRATEGIES) + [TTT, REFINE]
     if not text or text.strip() == "all":
         return list(ALL_STRATEGIES) + ([TTT] if ttt_steps > 0 else [])
     names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [n for n in names if n not in STRATEGIES and n != TTT]
+    bad = [n for n in names if n not in STRATEGIES and n not in (TTT, REFINE)]
     if bad or not names:
         raise KoptError(f"unknown strategy {', '.join(bad) or text!r}",
                         f"use all or a comma-separated list of: {', '.join(order)}")
@@ -171,7 +172,7 @@ def score_pool(
         raise ValueError(f"score_pool needs every correct candidate timed; missing {missing}")
     outcomes: list[Outcome] = []
     for name in strategies:
-        if name == TTT:  # scored on its own pool by score_ttt
+        if name in (TTT, REFINE):  # scored on their own pools (score_ttt, kopt.refine.compare_outcome)
             continue
         if name == "random":
             outcomes.append(_random_expected(task, seed, pool, timings, top_m, baseline))

@@ -122,7 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("select", str, "surprisal-top-m", "surprisal-top-m (default) | surprisal | confidence | random | oracle.",
        commands=frozenset({OPTIMIZE}), choices=("surprisal-top-m", "surprisal", "confidence", "random", "oracle")),
     _s("strategies", str, "all", "all, or a comma-separated list: oracle,random,confidence,surprisal,"
-       "surprisal-top-m,ttt (all includes ttt only with --ttt-steps).", commands=frozenset({COMPARE})),
+       "surprisal-top-m,ttt,refine (all includes ttt only with --ttt-steps, refine only when listed).",
+       commands=frozenset({COMPARE})),
     _s("top_m", int, 3, "How many of the most surprising correct candidates to time (default 3).", min=1,
        hint="the paper's default is 3"),
     _s("surprisal", str, "mean", "mean (per token, the paper's ranking) or sum.", choices=("mean", "sum")),
@@ -142,10 +143,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("ttt_patience", int, 1, "Stop TTT after this many consecutive regressions.", min=1),
     # ---- repair rounds (kopt/refine.py): the evaluator's verdict goes back to the model for another turn ----
     _s("refine", int, 0, "Repair rounds after the pool is evaluated: failures and the fastest correct "
-       "candidates get a follow-up turn with kopt's verdict (0: off).", min=0, commands=frozenset({OPTIMIZE}),
-       hint="e.g. --refine 1"),
-    _s("refine_k", int, None, "Follow-up turns per repair round (default K/2).", min=1,
-       commands=frozenset({OPTIMIZE})),
+       "candidates get a follow-up turn with kopt's verdict (0: off; compare: the refine strategy's rounds, "
+       "at least 1).", min=0, hint="e.g. --refine 1"),
+    _s("refine_k", int, None, "Follow-up turns per repair round (optimize default K/2; compare: "
+       "K // (rounds + 1), the matched budget).", min=1),
     _s("refine_template", str, None, "Feedback template file for --refine (see templates/refine.txt).",
        path=True, commands=frozenset({OPTIMIZE})),
 )

@@ -295,3 +295,36 @@ def test_hf_refine_round_end_to_end(trained_tiny_model_dir, shared_kopt_home, tm
     again = json.loads(proc.stdout)
     assert again["refine"]["rounds"][0]["drawn_now"] == 0 and again["evaluation"]["evaluated_now"] == 0
     assert again["winner"]["index"] == report["winner"]["index"]
+
+
+@pytest.mark.slow
+def test_compare_refine_strategy_at_a_matched_budget(refined, server, home, tmp_path):
+    cwd = refined[0]  # the module's home: the gelu verdicts are cached already
+    proc = kopt(["compare", str(GELU / "task.py"), "--base-url", server.url, "--model", "m", "--api", "chat",
+                 "--k", "4", "--target", "cpu", "--threads", "1", "--seeds", "0", "--strategies",
+                 "surprisal-top-m,refine", "--json", "--report", str(tmp_path / "report")], home, cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert list(data["strategies"]) == ["surprisal-top-m", "refine"]
+    assert data["params"]["refine"] == {"rounds": 1, "first_turns": 2, "per_round": 2, "k": 4,
+                                        "rule": "first turns + rounds * per_round <= k"}
+    # K = 4 first turns that never compile, against 2 first turns + a repair round: only the round fixes it.
+    (one_shot,) = data["strategies"]["surprisal-top-m"]["picks"]
+    (repaired,) = data["strategies"]["refine"]["picks"]
+    assert one_shot["correct"] == 0.0 and repaired["correct"] == 1.0 and repaired["step"] == 1
+    lines = Path(repaired["samples_path"]).read_text().splitlines()
+    assert len(lines) <= 4 and json.loads(lines[repaired["index"]])["round"] == 1
+
+
+
+@pytest.mark.slow
+def test_replaying_a_one_shot_file_with_refine_is_refused(refined, home, tmp_path):
+    """Line K+1 of a plain samples file is a first-turn sample, not a recorded follow-up: kopt says so."""
+    cwd, out, _, _ = refined
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("\n".join([lines[0], lines[1], lines[0]]) + "\n")
+    proc = kopt(["optimize", str(GELU / "task.py"), "--samples", str(plain), "--k", "2", "--target", "cpu",
+                 "--threads", "1", "--refine", "1", "--out", str(tmp_path / "o"), "--json"], home, cwd)
+    assert proc.returncode == 1
+    assert "line 3 is a first-turn sample" in proc.stdout and "written by a refine run" in proc.stdout

@@ -119,7 +119,8 @@ def compare(
     ttt = TTTOptions.from_settings(v) if "ttt" in names else None
     with json_stdout(as_json) as emit, progress_bars(enabled=not as_json) as progress:
         result = run_compare(tasks, run, seeds=seed_list, strategies=names, top_m=v["top_m"], progress=progress,
-                             ttt=ttt, warn=print_warning, baseline=v["baseline"])
+                             ttt=ttt, warn=print_warning, baseline=v["baseline"],
+                             refine=(v["refine"], v["refine_k"]))
         written = write_report(result, report) if report is not None else []
         if as_json:
             emit(json.dumps(result.to_json(), indent=2))
