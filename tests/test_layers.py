@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("cli", {"kopt.cli", "kopt.__main__"}),
     ("commands", {"kopt.pipeline", "kopt.comparison", "kopt.check", "kopt.githook", "kopt.scaffold"}),
     ("ttt/kernels", {"kopt.ttt", "kopt.ttt_train", "kopt.refine", "kopt.kernels", "kopt.output", "kopt.swap", "kopt.git"}),
-    ("pool", {"kopt.pool", "kopt.lazy"}),
+    ("pool", {"kopt.pool", "kopt.lazy", "kopt.run_options"}),
     ("services", {"kopt.samplers", "kopt.evaluator", "kopt.executors", "kopt.selection", "kopt.metrics", "kopt.scoring",
                   "kopt.compare_report", "kopt.prompt", "kopt.task",
                   "kopt.task_probe", "kopt.cache", "kopt.plots", "kopt.resources"}),
