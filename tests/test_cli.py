@@ -135,8 +135,8 @@ def test_ctrl_c_under_a_terminal_says_how_to_resume_and_stops_the_bars(tmp_path,
     assert "interrupted" in screen and "rerun the same command to resume" in screen
     assert screen.rstrip().endswith("resume") and "Traceback" not in screen
     assert "\x1b[?25h" in screen  # the bars stopped: rich gave the cursor back
-    assert time.monotonic() - sent_at < 20, "kopt kept running after Ctrl-C"
-    assert time.monotonic() - t0 < 200
+    assert time.monotonic() - sent_at < 60, "kopt kept running after Ctrl-C"
+    assert time.monotonic() - t0 < 400
     assert not (tmp_path / "out").exists()
 
 
