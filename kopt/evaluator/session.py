@@ -208,7 +208,9 @@ class Session:
             header, payload = protocol.read_message(self.fd_in, expect + ("fail",), max_payload)
         except protocol.ProtocolError as e:
             raise self._death(str(e)) from None
-        except BaseException:  # noqa: BLE001 - nothing a child sends may end kopt's batch
+        except (KeyboardInterrupt, SystemExit):  # the user's Ctrl-C (kopt's own signal), never the child's doing
+            raise
+        except BaseException:  # noqa: BLE001 - nothing a child sends may end kopt's batch (RecursionError, ...)
             raise self._death("a malformed frame") from None
         if header["t"] == "fail":
             raise self._fail(header)
