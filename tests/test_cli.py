@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +101,9 @@ def test_help_shows_arguments_flags_and_defaults_one_way():
 def _run_in_pty(argv: list[str], env: dict, interrupt_when: bytes, timeout_s: float = 240.0):
     pid, fd = pty.fork()
     if pid == 0:  # the child: a real terminal on stdin/stdout/stderr
+        # As a shell starts a foreground command: SIGINT at its default (a test run started in the background
+        # by a non-interactive shell inherits SIGINT ignored, and Python then installs no handler for it).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.chdir(REPO)
         os.execve(argv[0], argv, env)
     screen, sent_at, t0 = b"", None, time.monotonic()
