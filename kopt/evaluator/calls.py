@@ -193,31 +193,31 @@ def clock_disagrees(run: TimedRun, overhead: int) -> str | None:
     return None
 
 
-def flush_skipped(run: TimedRun, refs: list[TimedRun], *, cpu_time: bool = True) -> str | None:
-    """A sentence when the candidate's cache flushes were far shorter on kopt's clock than the reference's
-    (the same code on the same buffer): its process skipped them, and its calls ran on a warm cache."""
-    mine = statistics.median(run.flush_ns) if run.flush_ns else None
-    theirs = [statistics.median(r.flush_ns) for r in refs if r.flush_ns]
-    if mine is None or not theirs:
+def _far_shorter(mine: list[int], refs: list[list[int]]) -> tuple[float, float] | None:
+    """(the candidate's median, the reference's) when the candidate's flushes measured under a third of the
+    reference's: the flush writes the same buffer in every session and load only lengthens it, so the
+    reference's floor is taken over the rounds before and after the candidate."""
+    theirs = [statistics.median(r) for r in refs if r]
+    if not mine or not theirs:
         return None
-    ref = min(theirs)
-    # 3x: the flush writes the same buffer in every session, and load only lengthens it; the reference's
-    # floor is taken over the rounds before and after the candidate.
-    if ref > 200_000 and mine < ref / 3:
-        return (f"the cache flush between calls took {mine / 1e6:.3f} ms where the reference's took "
-                f"{ref / 1e6:.3f} ms: the candidate's process skipped it, so its calls ran on a warm cache")
-    # The same on the CPU time kopt reads from /proc or the cgroup: a flush replaced by a sleep (or a wait
-    # on anything) keeps the gap on kopt's clock but leaves the buffer unwritten and the cache warm.
+    m, ref = statistics.median(mine), min(theirs)
+    return (m, ref) if ref > 200_000 and m < ref / 3 else None
+
+
+def flush_skipped(run: TimedRun, refs: list[TimedRun], *, cpu_time: bool = True) -> str | None:
+    """A sentence when the candidate's cache flushes were far shorter than the reference's (the same code on
+    the same buffer), on kopt's clock or on the child's CPU time kopt reads: its calls ran on a warm cache."""
+    short = _far_shorter(run.flush_ns, [r.flush_ns for r in refs])
+    if short:
+        return (f"the cache flush between calls took {short[0] / 1e6:.3f} ms where the reference's took "
+                f"{short[1] / 1e6:.3f} ms: the candidate's process skipped it, so its calls ran on a warm cache")
+    # A flush replaced by a sleep (or a wait on anything) keeps the gap on kopt's clock but burns no CPU.
     # CPU target only: on a GPU the flush is device work, and the CPU time of waiting for it depends on how
     # the process syncs (spinning or blocking), which a candidate may choose honestly.
-    mine_cpu = statistics.median(run.flush_cpu_ns) if run.flush_cpu_ns and cpu_time else None
-    theirs_cpu = [statistics.median(r.flush_cpu_ns) for r in refs if r.flush_cpu_ns]
-    if mine_cpu is None or not theirs_cpu:
-        return None
-    ref_cpu = min(theirs_cpu)
-    if ref_cpu > 200_000 and mine_cpu < ref_cpu / 3:
-        return (f"the cache flush between calls used {mine_cpu / 1e6:.3f} ms of CPU where the reference's used "
-                f"{ref_cpu / 1e6:.3f} ms: the candidate's process waited instead of flushing, so its calls ran "
+    short = _far_shorter(run.flush_cpu_ns, [r.flush_cpu_ns for r in refs]) if cpu_time else None
+    if short:
+        return (f"the cache flush between calls used {short[0] / 1e6:.3f} ms of CPU where the reference's used "
+                f"{short[1] / 1e6:.3f} ms: the candidate's process waited instead of flushing, so its calls ran "
                 "on a warm cache")
     return None
 
