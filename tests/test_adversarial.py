@@ -80,6 +80,7 @@ EXPECTED: dict[str, Expect] = {
     # 4 clock tampering from native code
     "c4_got_clock_gettime": Expect(ANY, speed_bound=True),
     "c4_deferred_thread": Expect(NOT_CREDITED),
+    "c4_pasted_thread_warm": Expect(frozenset({"rejected"}), ("starts a thread",)),
     # 5 decoy bypass (the honest out-parameter kernel is a control above)
     "c5_bias_only_decoy": Expect(LIB, library_ok=True),
     "c5_nan_propagation": Expect(LIB, library_ok=True),

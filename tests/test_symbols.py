@@ -59,6 +59,34 @@ extern "C" long my_getpid() {
 }
 """
 
+# The spelling the source gate cannot see: the name is assembled by the preprocessor.
+PASTED_THREAD = """
+#include <pthread.h>
+#define CAT(a, b) a##b
+static void* warm(void*) { return nullptr; }
+extern "C" void start() { pthread_t t; CAT(pthread_, create)(&t, nullptr, warm, nullptr); }
+"""
+
+ASYNC_TASK = """
+#include <future>
+extern "C" int later() { return std::async(std::launch::async, [] { return 1; }).get(); }
+"""
+
+SIGNAL_TIMER = """
+#include <csignal>
+#include <unistd.h>
+static void tick(int) {}
+extern "C" void arm() { std::signal(SIGALRM, tick); ualarm(500, 500); }
+"""
+
+LOCKS_AND_ONCE = """
+#include <mutex>
+static std::mutex m;
+static std::once_flag once;
+static int table = 0;
+extern "C" int get() { std::call_once(once, [] { table = 1; }); std::lock_guard<std::mutex> g(m); return table; }
+"""
+
 ATEN_NAMES = """
 namespace at { namespace _ops {
 struct gelu { static void call(int); };
@@ -78,11 +106,19 @@ def test_honest_code_is_clean(tmp_path):
     ("dlsym", DLSYM, "dlsym"),
     ("system_init", SYSTEM_INIT, "system"),
     ("raw_syscall", RAW_SYSCALL, "raw system-call instruction"),
+    ("pasted_thread", PASTED_THREAD, "starts a thread"),
+    ("async_task", ASYNC_TASK, "starts a thread"),
+    ("signal_timer", SIGNAL_TIMER, "signal handler"),
 ])
 def test_hacks_are_rejected(tmp_path, name, code, expect):
     rep = symbols.check_binary([_so(tmp_path, name, code)])
     assert not rep.ok
     assert any(expect in r for r in rep.rejections), rep.rejections
+
+
+def test_locks_and_once_are_not_thread_creation(tmp_path):
+    rep = symbols.check_binary([_so(tmp_path, "locks", LOCKS_AND_ONCE)])
+    assert rep.ok, rep.rejections
 
 
 def test_aten_compute_is_library_and_allocation_is_not(tmp_path):
@@ -117,6 +153,14 @@ def test_aten_compute_is_library_and_allocation_is_not(tmp_path):
     ("torch::Library::_def(c10::FunctionSchema&&, c10::OperatorName*)", "reject"),
     ("c10::RegisterOperators::checkSchemaAndRegisterOp_(c10::RegisterOperators::Options&&)", "reject"),
     ("c10::Dispatcher::findSchemaOrThrow(char const*, char const*)", "library"),
+    ("pthread_create@GLIBC_2.34", "reject"),
+    ("thrd_create", "reject"),
+    ("std::thread::_M_start_thread(std::unique_ptr<std::thread::_State, "
+     "std::default_delete<std::thread::_State> >, void (*)())@GLIBCXX_3.4.22", "reject"),
+    ("timer_create", "reject"),
+    ("sigaction", "reject"),
+    ("pthread_mutex_lock@GLIBC_2.2.5", "allow"),
+    ("pthread_once", "allow"),
     ("some_unknown_function", "reject"),
 ])
 def test_symbol_rules(sym, verdict):

@@ -34,7 +34,7 @@ from kopt.task import Task
 OnResult = Callable[[int, EvalResult], None]
 # Bumped whenever a change could turn an old verdict wrong (checks added, timing changed): cached verdicts
 # are keyed on it, so an upgrade re-evaluates instead of trusting what an older evaluator said.
-VERDICT_VERSION = "5"
+VERDICT_VERSION = "6"
 _KOPT_ROOT = str(Path(__file__).resolve().parent.parent.parent)  # PYTHONPATH for children
 
 

@@ -11,8 +11,9 @@ compile-only objects) are checked against a true allowlist of what a kernel need
 - labelled (allowed): BLAS / oneDNN / cuBLAS / cuDNN entry points (real kernels call cuBLAS);
 - library compute (rejected unless allowed): ATen's compute reached below or through the dispatcher
   (at::cpu::*, at::native::*, at::_ops::<compute op>::call/redispatch, operators looked up by name);
-- rejected: everything else, and by name dl*, process creation, sockets, ptrace/process_vm_*, page-protection
-  and mapping calls, file and environment access, shared memory, operator registration, raw syscalls.
+- rejected: everything else, and by name dl*, process, thread, timer and signal-handler creation, sockets,
+  ptrace/process_vm_*, page-protection and mapping calls, file and environment access, shared memory,
+  operator registration, raw syscalls.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ REJECT = [
      "looks code up at run time (dlsym reaches system, the clock or ATen compute by a name no check sees)"),
     (r"(?:system|popen|execl[pe]?|execv[pe]?|execvpe|execve|fexecve|posix_spawnp?|fork|vfork|clone3?|daemon)",
      "starts a process (shells out: copies secrets, outlives the candidate)"),
+    # A kernel's parallelism comes from OpenMP (libgomp starts its threads, not the extension) or torch's
+    # at::parallel_for; a thread or a signal handler the extension starts itself runs between kopt's calls,
+    # where it can re-warm the caches the flush evicted or finish work after the call was timed.
+    (r"(?:pthread_create|__pthread_create_\w+|thrd_create|std::thread::_M_start_thread|std::jthread::.*|"
+     r"std::__future_base::_Async_state\w*::.*|timer_create|timer_settime|setitimer|alarm|ualarm|"
+     r"sigaction|__sigaction|signal|sigset|bsd_signal|sysv_signal|pthread_kill|pthread_sigqueue|"
+     r"pthread_setschedparam|pthread_setschedprio|sched_setscheduler|sched_setparam|sched_setaffinity|"
+     r"aio_\w+|lio_listio\w*)",
+     "starts a thread, a timer or a signal handler (work that runs between kopt's calls: re-warms the caches "
+     "the flush evicted, or finishes after the call was timed)"),
     (r"(?:socket|socketpair|connect|bind|listen|accept4?|send|sendto|sendmsg|recv|recvfrom|recvmsg|"
      r"getaddrinfo|gethostbyname2?|gethostbyname_r)", "opens network connections (exfiltrates secrets or results)"),
     (r"(?:ptrace|process_vm_readv|process_vm_writev)", "reads or writes another process's memory"),
@@ -104,8 +115,9 @@ ALLOW = [
     r"rand|srand|rand_r|random|drand48)",
     r"(?:clock_gettime|clock|gettimeofday|time|nanosleep|usleep|sleep|sched_yield|sched_getcpu|"
     r"sysconf|get_nprocs\w*|getpid|gettid|__sched_cpucount)",
-    r"pthread_\w+", r"sem_(?:init|destroy|wait|post|trywait)",
+    r"pthread_\w+", r"sem_(?:init|destroy|wait|post|trywait)",  # locks, once, keys; creation is rejected above
     r"__cxa_thread_atexit_impl", r"__libc_start_main",
+    r"__once_proxy", r"__once_call", r"__once_callable",  # libstdc++'s std::call_once (lazy one-time setup)
     # exit-time cleanup of a kernel's own static state (a cuBLAS handle): runs after kopt has its results
     r"atexit", r"__cxa_atexit", r"__cxa_finalize", r"at_quick_exit",
     # libm (and its vector variants)
