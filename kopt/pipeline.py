@@ -121,6 +121,8 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
     if note:
         warn(note)
     with Pool(task, options.run, cache=cache, progress=progress) as pool:
+        for n in pool.device_notes:
+            warn(n)
         pool.fill()
         ttt_report = None
         if options.ttt.ttt_steps > 0:
@@ -139,6 +141,8 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
         report = output.build_report(pool, options, sel, ttt_report)
         report["evaluation"] = {**evaluation, **pool.counts()}
         report["baseline"] = options.baseline
+        if pool.devices:
+            report["devices"] = [{"id": d.id, "name": d.name} for d in pool.devices]
         if refine_report is not None:
             report["refine"] = refine_report
         pool.cache.save_run_stats(f"optimize {task.target}")

@@ -33,7 +33,7 @@ class _Backends:
     """The sampler and the evaluator of a pool and its forks, each built on first use, closed once."""
 
     def __init__(self, task: Task, sampler_name: str, params: Any, eval_settings: Any, progress: Progress,
-                 executor: tuple[str, str | None] = ("local", None)):
+                 executor: tuple[str, str | None, str | None] = ("local", None, None)):
         self.task, self.sampler_name, self.params, self.executor = task, sampler_name, params, executor
         self.eval_settings, self.progress = eval_settings, progress
         self._sampler = None
@@ -56,9 +56,9 @@ class _Backends:
         if self._evaluator is None:  # the executor's evaluator API (kopt/executors/): local or on a Ray cluster
             from kopt.executors import executor_class
 
-            name, address = self.executor
+            name, address, devices = self.executor
             self._evaluator = executor_class(name)(self.task, self.eval_settings, progress=self.progress,
-                                                   address=address)
+                                                   address=address, devices=devices)
         return self._evaluator
 
     def close(self) -> None:
@@ -70,6 +70,18 @@ class _Backends:
         finally:
             if sampler is not None:
                 sampler.close()
+
+
+def _devices(options: RunOptions, target: str):
+    """The local GPUs a run evaluates on (executors/devices.py), checked before anything is sampled."""
+    from kopt.errors import ConfigError
+    from kopt.executors.devices import choose
+
+    if options.executor != "local":
+        if options.devices:
+            raise ConfigError("--devices is for --executor local", "leave it out: a Ray cluster schedules its own GPUs")
+        return (), ()
+    return choose(options.devices, target)
 
 
 class Pool:
@@ -87,6 +99,7 @@ class Pool:
         if _parent is not None:
             self.target, self.sampler_name = _parent.target, _parent.sampler_name
             self.prompt, self.model_id, self._fingerprint = _parent.prompt, _parent.model_id, _parent._fingerprint
+            self.devices, self.device_notes = _parent.devices, _parent.device_notes
         else:
             self.target = resolve_target(options.target)
             params = options.sampler_params()
@@ -94,13 +107,14 @@ class Pool:
             self.prompt = build_prompt(task, self.target, options.prompt_template)
             self.model_id = sampler_class(self.sampler_name).identity(params)
             self._fingerprint = None
+            self.devices, self.device_notes = _devices(options, self.target)  # a bad --devices fails here
         self.backend = sampler_class(self.sampler_name)  # the class: capabilities without building it
         self._own_cache = cache is None and _parent is None
         self.cache = _parent.cache if _parent is not None and cache is None else (
             cache or Cache(enabled=not options.no_cache))
         self._backends = _parent._backends if _parent is not None else _Backends(
             task, self.sampler_name, options.sampler_params(), self.eval_settings(), progress,
-            executor=(options.executor, options.ray_address))
+            executor=(options.executor, options.ray_address, self.devices or None))
         self._owner = _parent is None
         self.run_dir = run_dir or self._default_run_dir()
         self.samples: list[Sample] = []

@@ -31,6 +31,7 @@ class RunOptions:
     jobs: int = S.default("jobs")
     executor: str = S.default("executor")
     ray_address: str | None = None
+    devices: str | None = None  # --devices: local GPUs by nvidia-smi index (None: every visible one)
     timeout_s: float = S.default("timeout_s")
     compile_timeout_s: float = S.default("compile_timeout_s")
     atol: float | None = None

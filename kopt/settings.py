@@ -106,6 +106,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("jobs", int, 2, "Parallel compiles and checks (default 2).", min=1),
     _s("executor", str, "local", "Where candidates are evaluated: local (this machine, --jobs at a time) or ray "
        "(a Ray cluster; pip install 'kopt[ray]', see docs/cluster.md).", choices=("local", "ray")),
+    _s("devices", str, None, "GPUs to evaluate on, e.g. 0,1 (nvidia-smi's indices; default every visible GPU): "
+       "checks run one per device, timing is exclusive per device, kinds are never mixed."),
     _s("ray_address", str, None, "--executor ray: the cluster to join, auto (the one this machine belongs to, "
        "the default) or HOST:PORT of its head node."),
     _s("timeout_s", float, 120.0, "Seconds each check or timing process may run (default 120).", flag="--timeout",

@@ -84,3 +84,29 @@ def test_cuda_example_pool_end_to_end(tmp_path):
     assert statuses[:4] == ["correct", "correct", "incorrect", "compile_error"]
     assert report["winner"]["index"] in (0, 1) and report["winner"]["speedup"] > 0
     assert (tmp_path / "out" / "kernel.cu").is_file()
+
+
+@pytest.mark.gpu
+def test_every_visible_gpu_checks_and_times():
+    # The scheduling of tests/test_devices.py on real devices: each child pinned to its GPU by UUID.
+    from kopt.evaluator import EvalSettings
+    from kopt.executors import LocalExecutor
+    from kopt.executors.devices import visible
+    from kopt.task import load_task
+
+    gpus = visible("cuda")
+    assert gpus, "nvidia-smi or torch should list the GPU this test runs on"
+    task = load_task(str(GELU / "task.py"), sets=["batch_size=256"])
+    names = ["01_grid_stride", "02_float4", "03_wrong_constant"]
+    sources = [(GELU / "candidates_cuda" / f"{n}.py").read_text() for n in names]
+    ex = LocalExecutor(task, EvalSettings(target="cuda", jobs=2, run_timeout_s=120))
+    try:
+        checked = ex.check(sources)
+        assert [r.status for r in checked] == [Status.CORRECT, Status.CORRECT, Status.INCORRECT]
+        assert {r.device for r in checked} == {ex.devices[0].name}
+        timed = ex.time(sources, checked)
+        assert timed[0].runtime_ms > 0 and timed[1].runtime_ms > 0
+        if len(ex.devices) > 1:
+            assert {a.device for a in ex.evaluator.assignments if a.stage == "check"} > {ex.devices[0].id}
+    finally:
+        ex.close()

@@ -80,6 +80,10 @@ def render_optimize(console, report: dict[str, Any]) -> None:
         console.print(f"evaluation ({ev.get('mode')}): {ev.get('unique')} unique candidates, {ev.get('compiled')} "
                       f"compiled, {ev.get('checked')} checked, {ev.get('timed')} timed, {ev.get('skipped')} skipped"
                       + (f" ({ev['why']})" if ev.get("why") else ""), highlight=False)
+    devices = report.get("devices") or []
+    if len(devices) > 1:
+        console.print(f"devices: {len(devices)} x {devices[0]['name']} ({', '.join(d['id'] for d in devices)}), "
+                      "checks one per device, timing exclusive per device", highlight=False)
     correct_unique = sum(1 for c in report["candidates"] if c["status"] == "correct" and c.get("duplicate_of") is None)
     ref = w.get("reference_runtime_ms")
     spread = _spread(w.get("runtime_ms"), w.get("runtime_iqr_ms"))

@@ -52,11 +52,14 @@ class EvalSettings:
     min_time_s: float = 1.0
     max_rss_mb: int = 16384
     compile_baseline: bool = True  # also time the reference under torch.compile (speedup_vs_compile)
+    device: str | None = None  # cuda: the one GPU the children see (CUDA_VISIBLE_DEVICES); None: the environment's
 
     def key(self) -> str:
-        """A stable string of the settings that change verdicts (everything but `jobs`)."""
+        """A stable string of the settings that change verdicts (everything but `jobs` and which of several
+        identical devices ran it: the device's kind is in the machine fingerprint)."""
         d = dataclasses.asdict(self)
         d.pop("jobs")
+        d.pop("device")
         d["threads"] = self.resolved_threads()
         return json.dumps(d, sort_keys=True)
 
@@ -112,6 +115,13 @@ def machine_fingerprint(target: str) -> dict[str, str]:
     }
 
 
+def device_env(settings: EvalSettings) -> dict[str, str]:
+    """What pins a child to its one GPU: nvidia-smi's numbering, the device named by its UUID."""
+    if settings.target != "cuda" or not settings.device:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": settings.device, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
 def _static_check(source: str, target: str):
     from kopt.evaluator.static import check_source  # never skipped: a missing gate is an error, not a pass
 
@@ -133,7 +143,10 @@ def _read_json(path: Path) -> dict | None:
 class Evaluator:
     """Evaluate candidate sources against one task. See the module docstring and docs/design.md."""
 
-    def __init__(self, task: Task, settings: EvalSettings = EvalSettings(), progress: Progress = no_progress):
+    def __init__(self, task: Task, settings: EvalSettings = EvalSettings(), progress: Progress = no_progress, *,
+                 device_name: str | None = None, builder=None):
+        """`device_name`: the kind of the device `settings.device` selects (executors/devices.py); `builder`:
+        a Builder shared with the evaluators of the other devices (one compile per candidate)."""
         from kopt.config import build_dir, kopt_home
         from kopt.evaluator.sandbox import detect_isolation
         from kopt.evaluator.targets import get_target
@@ -145,6 +158,7 @@ class Evaluator:
         self.settings = dataclasses.replace(settings, target=target)
         self.progress = progress
         self.target = get_target(target)
+        self.device_name = device_name or self.target.device_name()
         self.isolation = detect_isolation()
         self.home = kopt_home()
         self.build_dir = build_dir()  # shared, content-addressed (build.py's store lives under it)
@@ -158,7 +172,7 @@ class Evaluator:
         from kopt.evaluator.build import Builder
         from kopt.evaluator.launch import Launcher
 
-        self.builder = Builder(target=target, settings=self.settings, base=self._base)
+        self.builder = builder or Builder(target=target, settings=self.settings, base=self._base)
         self.launcher = Launcher(task=task, task_dir=self.task_dir, root=self.root, build_dir=self.build_dir,
                                  settings=self.settings, target=self.target, builder=self.builder)
         from kopt.evaluator.timing import Timer
@@ -237,7 +251,7 @@ class Evaluator:
             return list(pool.map(self._build, sources))
 
     def fingerprint(self) -> dict[str, str]:
-        return machine_fingerprint(self.settings.target)
+        return dict(machine_fingerprint(self.settings.target), device=self.device_name)
 
     def close(self) -> None:
         if not self._closed:
@@ -256,7 +270,7 @@ class Evaluator:
 
     def _base(self, source: str, **kw) -> EvalResult:
         return EvalResult(source_sha256=_sha(source), target=self.settings.target,
-                          device=self.target.device_name(), isolation=self.isolation,
+                          device=self.device_name, isolation=self.isolation,
                           toolchain=tuple(sorted(self.target.toolchain().items())), **kw)
 
     def _device(self) -> str:
@@ -267,6 +281,7 @@ class Evaluator:
         env = {"PYTHONPATH": _KOPT_ROOT, "OMP_NUM_THREADS": threads, "KOPT_HOME": str(self.home),
                "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
         env.update(self.target.build_env())
+        env.update(device_env(self.settings))
         return env
 
     def _limits(self, timeout_s: float, compile: bool = False):

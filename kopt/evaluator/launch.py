@@ -99,8 +99,11 @@ class Launcher:
                        cpu_budget_s=budget)
 
     def env(self) -> dict[str, str]:
+        from kopt.evaluator import device_env
+
         env = {"OMP_NUM_THREADS": str(self.settings.resolved_threads())}
         env.update(self.target.build_env())
+        env.update(device_env(self.settings))
         return env
 
     def close_spares(self) -> None:

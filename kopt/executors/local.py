@@ -1,8 +1,10 @@
 """`--executor local`: the evaluator on this machine (compiles and checks `--jobs` at a time, timing one
-candidate at a time with nothing else running), built only when something needs evaluating."""
+candidate at a time with nothing else running), built only when something needs evaluating. With several GPUs
+(`--devices`, default every visible one) it is one evaluator per device (devices.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,20 +13,38 @@ from kopt.task import Task
 
 
 class LocalExecutor:
-    """kopt's Evaluator in this process; its fingerprint needs no Evaluator (a cached rerun starts nothing)."""
+    """kopt's Evaluator in this process; its fingerprint needs no Evaluator (a cached rerun starts nothing).
+
+    `devices`: a `--devices` string (None: every visible GPU) or Device records (the scheduling tests give
+    the CPU target labelled stand-ins)."""
 
     remote = False
 
-    def __init__(self, task: Task, settings: Any, progress: Progress = no_progress, address: str | None = None):
+    def __init__(self, task: Task, settings: Any, progress: Progress = no_progress, address: str | None = None,
+                 devices: str | Sequence[Any] | None = None):
+        from kopt.executors.devices import choose
+
         self.task, self.settings, self.progress = task, settings, progress
+        if devices is None or isinstance(devices, str):
+            self.devices, self.notes = choose(devices, settings.target)
+        else:
+            self.devices, self.notes = tuple(devices), ()
         self._evaluator = None
 
     @property
     def evaluator(self):
         if self._evaluator is None:
-            from kopt.evaluator import Evaluator
+            if len(self.devices) > 1:
+                from kopt.executors.devices import DeviceFleet
 
-            self._evaluator = Evaluator(self.task, self.settings, progress=self.progress)
+                self._evaluator = DeviceFleet(self.task, self.settings, self.devices, progress=self.progress)
+            else:
+                from kopt.evaluator import Evaluator
+
+                one = self.devices[0] if self.devices else None
+                settings = dataclasses.replace(self.settings, device=one.selector) if one else self.settings
+                self._evaluator = Evaluator(self.task, settings, progress=self.progress,
+                                            device_name=one.name if one else None)
         return self._evaluator
 
     def prepare(self) -> None:
@@ -39,7 +59,8 @@ class LocalExecutor:
     def fingerprint(self) -> dict[str, str]:
         from kopt.evaluator import machine_fingerprint
 
-        return machine_fingerprint(self.settings.target)
+        fp = machine_fingerprint(self.settings.target)
+        return dict(fp, device=self.devices[0].name) if self.devices else fp
 
     def close(self) -> None:
         evaluator, self._evaluator = self._evaluator, None

@@ -113,7 +113,8 @@ class RayExecutor:
 
     remote = True
 
-    def __init__(self, task: Task, settings: Any, progress: Progress = no_progress, address: str | None = None):
+    def __init__(self, task: Task, settings: Any, progress: Progress = no_progress, address: str | None = None,
+                 devices: Any = None):  # the cluster schedules its own GPUs (Pool refuses --devices with ray)
         self.ray = connect(address)
         # The driver's thread count, so every node runs (and keys verdicts) alike whatever its core count.
         self.settings = dataclasses.replace(settings, threads=settings.resolved_threads(), jobs=1)
