@@ -22,13 +22,15 @@ class LocalExecutor:
 
     def __init__(self, task: Task, settings: Any, progress: Progress = no_progress, address: str | None = None,
                  devices: str | Sequence[Any] | None = None):
-        from kopt.executors.devices import choose
+        from kopt.executors.devices import choose, visible
 
         self.task, self.settings, self.progress = task, settings, progress
         if devices is None or isinstance(devices, str):
             self.devices, self.notes = choose(devices, settings.target)
         else:
             self.devices, self.notes = tuple(devices), ()
+        # Pinned to a UUID only when there is a choice: several devices, or one picked out of several.
+        self.pinned = bool(self.devices) and (len(self.devices) > 1 or self.devices != visible(settings.target))
         self._evaluator = None
 
     @property
@@ -41,8 +43,11 @@ class LocalExecutor:
             else:
                 from kopt.evaluator import Evaluator
 
+                # One GPU in view: the children see what kopt sees (a MIG slice named in $CUDA_VISIBLE_DEVICES
+                # stays as the user set it); only a choice among several pins a child to a UUID.
                 one = self.devices[0] if self.devices else None
-                settings = dataclasses.replace(self.settings, device=one.selector) if one else self.settings
+                pin = one is not None and self.pinned
+                settings = dataclasses.replace(self.settings, device=one.selector) if pin else self.settings
                 self._evaluator = Evaluator(self.task, settings, progress=self.progress,
                                             device_name=one.name if one else None)
         return self._evaluator
