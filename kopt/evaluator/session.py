@@ -238,6 +238,7 @@ class Session:
         header = {"t": "init", "module": self.spec.module, "name": "kopt_candidate" if self.spec.cls == "ModelNew"
                   else "kopt_task", "cls": self.spec.cls, "models": models, "ext": list(self.spec.extensions),
                   "ext_by_key": self.spec.ext_by_key, "compile": self.spec.compile,
+                  "count_ops": self.spec.cls == "ModelNew",
                   "threads": self.spec.threads, "device": self.spec.device, "search_path": self.spec.search_path}
         self._send(header, b"".join(blobs))
         h, _ = self._recv(("ready",))
