@@ -150,6 +150,7 @@ def optimize(task: Task, options: OptimizeOptions, progress: Progress = no_progr
             raise KoptError(*output.failure_message(report, output.write_failure(pool, report)))
         r = pool.result_for(sel.winner)
         report["winner"] = {**report["winner"], "speedup_vs_eager": r.speedup,
+                            "compile_reference_runtime_ms": r.compile_reference_runtime_ms,
                             "speedup_vs_compile": r.speedup_vs_compile,
                             "speedup_vs_baseline": metrics.speedup_vs(r, options.baseline)}
         written = output.write_kernel_dir(out_dir, pool, report, force=options.force)
