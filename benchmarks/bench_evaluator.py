@@ -5,6 +5,8 @@
   re-verify, one session: start + the check calls + reveal, judge), and its parts;
 - time() of it with --min-calls/--min-time-s shrunk to the minimum (A/B/A reference rounds included), and
   the reference under torch.compile (once per evaluator; its compile time apart);
+- check per candidate in a batch: `--batch` built candidates in one check() call, `--jobs` 1, the way a
+  pool checks them (spare sessions start while the previous candidate runs);
 - compile time per CPU candidate (build.py's Builder): cold (the first rep includes the store's PCH) and warm
   (store hit: capture only).
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=6, help="built candidates checked in one call (spares warm)")
     ap.add_argument("--task", default=str(REPO.parent / "shared" / "kernelbench" / "level1" / "19_ReLU.py"))
     args = ap.parse_args()
     os.environ.setdefault("MAX_JOBS", "1")
@@ -89,6 +92,15 @@ def main() -> None:
             t0 = time.monotonic()
             [t] = ev.time([src], [r])
             rows["time overhead (5 calls)"].append(time.monotonic() - t0)
+        # A pool's view: N built candidates in one check() call, so spare sessions (process start and the
+        # torch import, started ahead of need) overlap the previous candidate's calls.
+        batch = [fresh() for _ in range(args.batch)]
+        ev.build(batch)
+        t0 = time.monotonic()
+        results = ev.check(batch)
+        per = (time.monotonic() - t0) / len(batch)
+        assert all(r.correct for r in results), [r.reason for r in results]
+        rows["check per candidate, batch"] = [per]
         ct = ev.timer.compiled_time
         print(f"reference under torch.compile: {ct and round(ct['median_ms'], 4)} ms per call, compile "
               f"{ct and round(ct['compile_s'], 1)} s (once per evaluator) {ev.timer.compile_note}")
