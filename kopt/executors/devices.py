@@ -228,6 +228,8 @@ class DeviceFleet:
         for i, r in enumerate(results):
             if r.correct:
                 todo.put(i)
+        total, finished = todo.qsize(), [0]
+        self.progress("time", 0, total)
 
         def device_worker(k: int) -> None:
             ev, dev = self.evaluators[k], self.devices[k]
@@ -240,8 +242,10 @@ class DeviceFleet:
                 res = ev.time([sources[i]], [results[i]])[0]
                 self._record("time", i, dev, t0)
                 out[i] = res
-                if on_result:
-                    with self._lock:
+                with self._lock:
+                    finished[0] += 1
+                    self.progress("time", finished[0], total)
+                    if on_result:
                         on_result(i, res)
 
         with cf.ThreadPoolExecutor(max_workers=len(self.evaluators)) as pool:
