@@ -95,7 +95,7 @@ def _cuda_device() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def machine_fingerprint(target: str) -> dict[str, str]:
+def machine_fingerprint(target: str, device_name: str | None = None) -> dict[str, str]:
     """What Evaluator.fingerprint() reports, without building an Evaluator: device, toolchain, isolation.
 
     Cheap (no reference run, no compile), so caches can key verdicts on it before deciding whether anything
@@ -109,7 +109,7 @@ def machine_fingerprint(target: str) -> dict[str, str]:
     return {
         "evaluator": VERDICT_VERSION,
         "target": target,
-        "device": t.device_name(),
+        "device": device_name or t.device_name(),  # a chosen GPU's kind (executors/devices.py), else this one
         "toolchain": json.dumps(t.toolchain(), sort_keys=True),
         "isolation": detect_isolation(),
     }
@@ -251,7 +251,7 @@ class Evaluator:
             return list(pool.map(self._build, sources))
 
     def fingerprint(self) -> dict[str, str]:
-        return dict(machine_fingerprint(self.settings.target), device=self.device_name)
+        return machine_fingerprint(self.settings.target, self.device_name)
 
     def close(self) -> None:
         if not self._closed:

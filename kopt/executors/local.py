@@ -64,8 +64,7 @@ class LocalExecutor:
     def fingerprint(self) -> dict[str, str]:
         from kopt.evaluator import machine_fingerprint
 
-        fp = machine_fingerprint(self.settings.target)
-        return dict(fp, device=self.devices[0].name) if self.devices else fp
+        return machine_fingerprint(self.settings.target, self.devices[0].name if self.devices else None)
 
     def close(self) -> None:
         evaluator, self._evaluator = self._evaluator, None
